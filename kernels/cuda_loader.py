@@ -1,0 +1,66 @@
+"""Build-on-first-use loader for the CUDA multi-scale deformable attention extension.
+
+The sources (``ms_deform_attn.cpp``, ``ms_deform_attn_cuda.cu``, ``ms_deform_attn.h``) ship inside the
+package (pyproject's package-data) and are compiled by ``torch.utils.cpp_extension.load`` the first
+time the ``cuda`` backend is used. ``cpp_extension`` keeps the build in ``$TORCH_EXTENSIONS_DIR``
+(default ``~/.cache/torch_extensions``) and ninja only recompiles when a source changed, so later
+processes import the cached ``.so`` in about a second; within one process the module is memoised.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+EXTENSION_NAME = "msdetr_lite_ms_deform_attn"
+SOURCES = ("ms_deform_attn.cpp", "ms_deform_attn_cuda.cu")
+HEADERS = ("ms_deform_attn.h",)
+
+_lock = threading.Lock()
+_loaded: dict = {}
+
+
+def source_paths() -> list[str]:
+    """Absolute paths of the translation units handed to the compiler (.cpp binding first)."""
+    return [str(_HERE / name) for name in SOURCES]
+
+
+def include_dir() -> str:
+    """Folder of ``ms_deform_attn.h``."""
+    return str(_HERE)
+
+
+# -O3 for the host code; for device code nvcc already optimises by default and we deliberately do
+# not pass --use_fast_math: the kernels must match grid_sample to float32 rounding.
+EXTRA_CFLAGS = ["-O3"]
+EXTRA_CUDA_CFLAGS = ["-O3", "-lineinfo"]
+
+
+def load_cuda_extension(*, name: str = EXTENSION_NAME, build_directory: str | None = None,
+                        verbose: bool = False, extra_cuda_cflags: list[str] | None = None):
+    """Compile (if needed) and import the extension; returns the module with ``forward`` and
+    ``backward`` (see ms_deform_attn.cpp). Raises whatever the build raises (no nvcc, no ninja,
+    compiler error): callers decide whether to fall back.
+
+    ``name`` must be unique per build configuration inside one process (it is the Python module
+    name); ``build_directory`` defaults to cpp_extension's cache folder. The GPU architectures
+    come from ``TORCH_CUDA_ARCH_LIST`` or, when unset, from the visible GPUs.
+    """
+    key = (name, build_directory)
+    with _lock:  # two threads must not run ninja in the same folder
+        if key not in _loaded:
+            from torch.utils import cpp_extension  # imported lazily: it probes for CUDA on import
+
+            if build_directory is not None:
+                os.makedirs(build_directory, exist_ok=True)
+            _loaded[key] = cpp_extension.load(
+                name=name,
+                sources=source_paths(),
+                extra_include_paths=[include_dir()],
+                extra_cflags=list(EXTRA_CFLAGS),
+                extra_cuda_cflags=list(EXTRA_CUDA_CFLAGS) + list(extra_cuda_cflags or []),
+                build_directory=build_directory,
+                verbose=verbose,
+            )
+        return _loaded[key]

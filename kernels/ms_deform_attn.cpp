@@ -1,0 +1,21 @@
+// Python binding of the CUDA multi-scale deformable attention kernels. Built on first use by
+// msdetr_lite.kernels.load_cuda_extension() (torch.utils.cpp_extension.load), which defines
+// TORCH_EXTENSION_NAME. Argument checks with readable messages live in msdetr_lite/ops.py.
+#include <torch/extension.h>
+
+#include "ms_deform_attn.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "msdetr_lite multi-scale deformable attention (CUDA)";
+  m.def("forward", &msdetr_lite::ms_deform_attn_cuda_forward,
+        "value [N,S,M,D], spatial_shapes [L,2], level_start_index [L], "
+        "sampling_locations [N,Lq,M,L,P,2], attention_weights [N,Lq,M,L,P] -> [N,Lq,M*D]",
+        pybind11::arg("value"), pybind11::arg("spatial_shapes"), pybind11::arg("level_start_index"),
+        pybind11::arg("sampling_locations"), pybind11::arg("attention_weights"));
+  m.def("backward", &msdetr_lite::ms_deform_attn_cuda_backward,
+        "same inputs plus grad_output [N,Lq,M*D] -> [grad_value, grad_sampling_locations, "
+        "grad_attention_weights]",
+        pybind11::arg("value"), pybind11::arg("spatial_shapes"), pybind11::arg("level_start_index"),
+        pybind11::arg("sampling_locations"), pybind11::arg("attention_weights"),
+        pybind11::arg("grad_output"));
+}

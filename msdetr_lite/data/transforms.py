@@ -1,0 +1,101 @@
+"""DETR-style augmentation with torchvision.transforms.v2 and tv_tensors.
+
+A sample is `(image, target)` with `image` a `tv_tensors.Image` (uint8 [3, H, W]) and
+`target = {"boxes": tv_tensors.BoundingBoxes [G, 4] XYXY pixels, "labels": int64 [G]}`;
+v2 moves the boxes with the image (flip, resize, crop) and `SanitizeBoundingBoxes` drops the
+boxes a crop cut away, together with their labels.
+
+train:  flip(0.5) -> resize shorter side to a random scale (longer side <= max_size)
+        [or, with random_crop, half the time: random crop of 60-100% per side, then resize]
+        -> float [0, 1] -> ImageNet normalisation
+val:    resize shorter side to val_size (longer side <= max_size) -> float -> normalisation
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random window whose height and width are each a random fraction in
+    [min_frac, max_frac] of the input's, at a random position (DETR's RandomSizeCrop, but in
+    fractions so it suits any image size). Boxes are clipped to the window by v2; boxes that end
+    up empty must be removed by a following `v2.SanitizeBoundingBoxes`."""
+
+    def __init__(self, min_frac: float = 0.6, max_frac: float = 1.0):
+        super().__init__()
+        if not 0 < min_frac <= max_frac <= 1:
+            raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
+        self.min_frac, self.max_frac = min_frac, max_frac
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = v2.query_size(flat_inputs)
+        fh, fw = (torch.empty(2).uniform_(self.min_frac, self.max_frac)).tolist()
+        ch, cw = max(1, round(h * fh)), max(1, round(w * fw))
+        top = int(torch.randint(0, h - ch + 1, ()))
+        left = int(torch.randint(0, w - cw + 1, ()))
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt, params: dict):
+        return F.crop(inpt, **params)
+
+
+def make_transforms(split: str, train_scales: Sequence[int] = (800,), val_size: int = 800,
+                    max_size: int = 1333, random_crop: bool = False, normalize: bool = True) -> v2.Compose:
+    """The v2 pipeline for `split` ("train" or "val"); see the module docstring.
+
+    Input: (PIL image or tv_tensors.Image, {"boxes": BoundingBoxes XYXY, "labels": [G]}).
+    Output: (tv_tensors.Image float [3, H', W'], the same dict with boxes in the new frame).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if isinstance(train_scales, int):
+        train_scales = (train_scales,)
+    if len(train_scales) == 0:
+        raise ValueError("train_scales is empty")
+    if max_size is not None and max_size <= 0:
+        max_size = None
+
+    steps: list = [v2.ToImage()]
+    if split == "train":
+        resize = v2.RandomShortestSize(min_size=list(train_scales), max_size=max_size)
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+        if random_crop:
+            # Half the samples are cropped first: objects get larger and partially cut, as in DETR.
+            steps.append(v2.RandomChoice([resize, v2.Compose([RandomSizeCrop(0.6, 1.0), resize])]))
+        else:
+            steps.append(resize)
+        # After a crop some boxes are empty (clipped to zero width); drop them with their labels.
+        steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))
+    else:
+        steps.append(v2.Resize(val_size, max_size=max_size))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if normalize:
+        steps.append(v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    return v2.Compose(steps)
+
+
+def build_transforms(data_cfg, split: str) -> v2.Compose:
+    """The pipeline for `split` from a `DataConfig` (train_scales, val_size, max_size, random_crop)."""
+    return make_transforms(split, train_scales=tuple(data_cfg.train_scales), val_size=data_cfg.val_size,
+                           max_size=data_cfg.max_size, random_crop=data_cfg.random_crop)
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation: [..., 3, H, W] -> values in [0, 1] (for drawing).
+    Padding (zeros after normalisation) comes out as the mean colour, not black."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+def as_bounding_boxes(boxes_xyxy: torch.Tensor, height: int, width: int) -> tv_tensors.BoundingBoxes:
+    """Wrap [G, 4] XYXY pixel boxes for v2 transforms."""
+    return tv_tensors.BoundingBoxes(boxes_xyxy, format="XYXY", canvas_size=(height, width))
