@@ -54,7 +54,7 @@ def build_dataset(data_cfg, split: str, transforms="default") -> CocoDetection:
     train_scales, val_size, max_size, random_crop, max_images). transforms="default" builds
     the split's pipeline from the config; pass None or another callable to override."""
     img_folder, ann_file = split_paths(data_cfg, split)
-    if transforms == "default":
+    if isinstance(transforms, str) and transforms == "default":
         transforms = build_transforms(data_cfg, split)
     return CocoDetection(img_folder, ann_file, transforms=transforms, max_images=data_cfg.max_images)
 

@@ -1,0 +1,247 @@
+"""Candidate quality per decoder layer: the quantities behind the paper's Fig. 1.
+
+MS-DETR's claim is that one-to-many supervision of the primary queries makes the decoder's
+*candidates* better: more queries sit tightly on each object, and the top-scored ones cover the
+objects. These statistics measure that, class-agnostically, from a model's output dict:
+
+    best_iou        per GT: the best IoU over all Q queries                        (mean over GTs)
+    best_iou_topk   per GT: the best IoU over the top-k scored queries             (mean over GTs)
+    num_iou50       per GT: how many queries have IoU >= 0.5 with it               (mean over GTs)
+    num_iou70       per GT: how many queries have IoU >= 0.7 with it               (mean over GTs)
+    recall50_topk   fraction of GTs covered by at least one top-k query at IoU >= 0.5
+    recall75_topk   fraction of GTs covered by at least one top-k query at IoU >= 0.75
+    duplicates      per image: high-score queries (score > score_thresh) that land (IoU >=
+                    dup_iou) on a GT already claimed by a higher-scored query  (mean over images)
+
+A query's score is its max sigmoid over classes. `duplicates` goes through the confident
+queries from the highest score down, each claiming the GT it overlaps most; a query whose GT is
+already claimed is a duplicate. o2o training should drive it to ~0, o2m alone would not.
+
+Boxes are compared in the normalised cxcywh frame of the outputs and targets: IoU does not
+change when x and y are scaled (even by different factors), so no image sizes are needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+from torchvision.ops import box_convert, box_iou
+from tqdm.auto import tqdm
+
+STAT_NAMES = ("best_iou", "best_iou_topk", "num_iou50", "num_iou70",
+              "recall50_topk", "recall75_topk", "duplicates")
+STAT_TITLES = {
+    "best_iou": "best IoU per GT (all queries)",
+    "best_iou_topk": "best IoU per GT (top-k queries)",
+    "num_iou50": "queries with IoU >= 0.5 per GT",
+    "num_iou70": "queries with IoU >= 0.7 per GT",
+    "recall50_topk": "recall of top-k @ IoU 0.5",
+    "recall75_topk": "recall of top-k @ IoU 0.75",
+    "duplicates": "duplicates per image",
+}
+_PER_GT = STAT_NAMES[:-1]
+
+
+class CandidateQualityAccumulator:
+    """Running sums of the statistics per decoder layer; `result()` gives the means."""
+
+    def __init__(self, topk: int = 20, score_thresh: float = 0.3, dup_iou: float = 0.5, branch: str = "o2o"):
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.topk, self.score_thresh, self.dup_iou, self.branch = topk, score_thresh, dup_iou, branch
+        self.sums: Optional[list[dict]] = None     # per layer: stat -> sum
+        self.num_gt = 0
+        self.num_images = 0
+
+    @torch.no_grad()
+    def update(self, outputs: dict, targets: Sequence[dict]) -> None:
+        """outputs[branch]: list over layers of {"logits": [B, Q, C], "boxes": [B, Q, 4] cxcywh};
+        targets: B dicts with "boxes" [G, 4] normalised cxcywh."""
+        if self.branch not in outputs:
+            raise KeyError(f"outputs have no {self.branch!r} predictions (keys: {sorted(outputs)}); "
+                           f"o2m exists only in training mode")
+        layers = outputs[self.branch]
+        if self.sums is None:
+            self.sums = [dict.fromkeys(STAT_NAMES, 0.0) for _ in layers]
+        elif len(self.sums) != len(layers):
+            raise ValueError(f"got {len(layers)} decoder layers, earlier batches had {len(self.sums)}")
+        B = layers[-1]["logits"].shape[0]
+        if len(targets) != B:
+            raise ValueError(f"{len(targets)} targets for a batch of {B} images")
+        for sums, layer in zip(self.sums, layers):
+            for b in range(B):
+                stats = image_candidate_stats(layer["logits"][b], layer["boxes"][b],
+                                              targets[b]["boxes"].to(layer["boxes"].device),
+                                              self.topk, self.score_thresh, self.dup_iou)
+                for name in STAT_NAMES:
+                    sums[name] += stats[name]
+        self.num_images += B
+        self.num_gt += sum(int(t["boxes"].shape[0]) for t in targets)
+
+    def result(self) -> dict:
+        """{"layers": [{stat: mean} per decoder layer], "num_images", "num_gt", "topk",
+        "score_thresh", "dup_iou", "branch"}; per-GT means are NaN when there was no GT."""
+        layers = []
+        for sums in self.sums or []:
+            d = {n: (sums[n] / self.num_gt if self.num_gt else math.nan) for n in _PER_GT}
+            d["duplicates"] = sums["duplicates"] / self.num_images if self.num_images else math.nan
+            layers.append(d)
+        return {"layers": layers, "num_images": self.num_images, "num_gt": self.num_gt,
+                "topk": self.topk, "score_thresh": self.score_thresh, "dup_iou": self.dup_iou,
+                "branch": self.branch}
+
+
+def image_candidate_stats(logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor,
+                          topk: int = 20, score_thresh: float = 0.3, dup_iou: float = 0.5) -> dict:
+    """Statistics of one image and one layer, as *sums* over its GTs (and its duplicate count).
+
+    logits [Q, C], boxes [Q, 4] and gt_boxes [G, 4], boxes normalised cxcywh.
+    Returns {stat: float}: per-GT stats summed over the G GTs (0 when G = 0), "duplicates" the
+    image's count.
+    """
+    scores = logits.float().sigmoid().max(dim=-1).values               # [Q]
+    pred = box_convert(boxes.float(), "cxcywh", "xyxy")
+    gt = box_convert(gt_boxes.float(), "cxcywh", "xyxy")
+    out = dict.fromkeys(STAT_NAMES, 0.0)
+    if gt.shape[0] == 0 or pred.shape[0] == 0:
+        return out                                # no GT: confident queries are FPs, not duplicates
+    iou = box_iou(gt, pred)                                              # [G, Q]
+    top = scores.topk(min(topk, scores.shape[0])).indices
+    best_top = iou[:, top].max(dim=1).values                             # [G]
+    out["best_iou"] = iou.max(dim=1).values.sum().item()
+    out["best_iou_topk"] = best_top.sum().item()
+    out["num_iou50"] = (iou >= 0.5).sum().item()
+    out["num_iou70"] = (iou >= 0.7).sum().item()
+    out["recall50_topk"] = (best_top >= 0.5).sum().item()
+    out["recall75_topk"] = (best_top >= 0.75).sum().item()
+
+    confident = torch.nonzero(scores > score_thresh).flatten()
+    confident = confident[scores[confident].argsort(descending=True)]
+    claimed = torch.zeros(gt.shape[0], dtype=torch.bool)
+    dups = 0
+    if confident.numel():
+        best_iou, best_gt = iou[:, confident].max(dim=0)                # per confident query
+        for q_iou, g in zip(best_iou.tolist(), best_gt.tolist()):
+            if q_iou >= dup_iou:
+                if claimed[g]:
+                    dups += 1
+                else:
+                    claimed[g] = True
+    out["duplicates"] = float(dups)
+    return out
+
+
+def candidate_quality(outputs: dict, targets: Sequence[dict], topk: int = 20, score_thresh: float = 0.3,
+                      dup_iou: float = 0.5, branch: str = "o2o") -> dict:
+    """Candidate statistics of one batch of model outputs, per decoder layer.
+
+    outputs: the model's dict; uses outputs[branch] = list over layers of
+        {"logits": [B, Q, C], "boxes": [B, Q, 4] normalised cxcywh}.
+    targets: B dicts with "boxes" [G, 4] normalised cxcywh.
+    Returns the `CandidateQualityAccumulator.result()` dict: "layers" is a list over decoder
+    layers of {stat: mean} with the stats of `STAT_NAMES`.
+    """
+    acc = CandidateQualityAccumulator(topk, score_thresh, dup_iou, branch)
+    acc.update(outputs, targets)
+    return acc.result()
+
+
+@torch.no_grad()
+def candidate_quality_over_loader(model: torch.nn.Module, loader, device: Union[str, torch.device],
+                                  topk: int = 20, max_batches: Optional[int] = None,
+                                  score_thresh: float = 0.3, dup_iou: float = 0.5,
+                                  progress: bool = True) -> dict:
+    """`candidate_quality` accumulated over (the first max_batches batches of) a loader, with the
+    model in eval mode (o2o predictions, as at inference). Means are over all GTs / images."""
+    acc = CandidateQualityAccumulator(topk, score_thresh, dup_iou, "o2o")
+    was_training = model.training
+    model.eval()
+    try:
+        for i, (images, masks, targets) in enumerate(tqdm(loader, desc="candidates", disable=not progress,
+                                                          leave=False)):
+            if max_batches is not None and i >= max_batches:
+                break
+            acc.update(model(images.to(device), masks.to(device)), targets)
+    finally:
+        model.train(was_training)
+    return acc.result()
+
+
+def save_json(stats: dict, path: Union[str, Path]) -> Path:
+    """Write a stats dict (or {name: stats}) as json; NaN is written as null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def clean(x):
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    path.write_text(json.dumps(clean(stats), indent=2))
+    return path
+
+
+def load_json(path: Union[str, Path]) -> dict:
+    """Read what `save_json` wrote (null -> NaN in the per-layer stats)."""
+    data = json.loads(Path(path).read_text())
+
+    def restore(x):
+        if isinstance(x, dict):
+            return {k: (math.nan if v is None and k in STAT_NAMES else restore(v)) for k, v in x.items()}
+        if isinstance(x, list):
+            return [restore(v) for v in x]
+        return x
+
+    return restore(data)
+
+
+def plot_candidate_quality(stats_by_model: Mapping[str, Union[dict, Sequence[dict]]],
+                           path: Union[str, Path, None] = None, stats: Sequence[str] = STAT_NAMES,
+                           title: Optional[str] = "Candidate quality per decoder layer"):
+    """One panel per statistic, x = decoder layer (1-based), one line per model.
+
+    stats_by_model: {model name: a `candidate_quality` result (or its "layers" list)}.
+    path: also save the figure there (png/pdf/svg by suffix). Returns the matplotlib Figure
+    (a bare Figure, not registered with pyplot: scripts leak nothing; notebooks display it).
+    """
+    from matplotlib.figure import Figure
+
+    if not stats_by_model:
+        raise ValueError("stats_by_model is empty")
+    unknown = [s for s in stats if s not in STAT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {unknown}; known: {list(STAT_NAMES)}")
+    ncols = min(4, len(stats))
+    nrows = math.ceil(len(stats) / ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.8 * nrows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
+    for ax, name in zip(axes, stats):
+        for model_name, res in stats_by_model.items():
+            layers = res["layers"] if isinstance(res, Mapping) else list(res)
+            xs = list(range(1, len(layers) + 1))
+            ax.plot(xs, [l[name] for l in layers], marker="o", label=str(model_name))
+        ax.set_title(STAT_TITLES[name], fontsize=9)
+        ax.set_xlabel("decoder layer")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(stats):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+__all__ = ["STAT_NAMES", "STAT_TITLES", "CandidateQualityAccumulator", "image_candidate_stats",
+           "candidate_quality", "candidate_quality_over_loader", "save_json", "load_json",
+           "plot_candidate_quality"]

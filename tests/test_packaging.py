@@ -1,0 +1,52 @@
+"""environment.yml and pyproject.toml describe the same environment; notebooks ship clean."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# conda-forge names the PyTorch package differently from PyPI
+CONDA_NAME = {"torch": "pytorch"}
+
+
+def _split(spec):
+    m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", spec)
+    return m.group(1).lower(), m.group(2).replace(" ", "")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {}
+    for spec in project["dependencies"]:
+        name, version = _split(spec)
+        wanted[CONDA_NAME.get(name, name)] = version.lstrip("=")
+    text = (ROOT / "environment.yml").read_text()
+    conda = {}
+    for line in text.splitlines():
+        m = re.match(r"^  - ([A-Za-z0-9_.\-]+)(=([^\s#]+))?\s*$", line)
+        if m and m.group(1) not in ("python", "pip"):
+            conda[m.group(1).lower()] = m.group(3) or ""
+    assert conda == wanted, "environment.yml and pyproject.toml list different packages or pins"
+    assert '-e ".[dev]"' in text, "environment.yml must install this package (with dev extras) through pip"
+
+
+def test_torch_pins():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+
+
+def test_notebooks_committed_without_outputs():
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    for path in notebooks:
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs"), f"{path.name} carries outputs: strip them before committing"
+                assert cell.get("execution_count") is None, f"{path.name} has execution counts"
+
+
+def test_readme_quick_start_is_make_targets():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", readme, re.S).group(1)
+    commands = [l.strip() for l in block.splitlines() if l.strip() and not l.strip().startswith("#")]
+    assert commands[:2] == ["make demo", "make test"], commands
