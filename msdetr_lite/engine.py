@@ -96,9 +96,9 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
         info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)), created=True)
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        # a long timeout: rank 0 evaluates alone while the others wait at a barrier
+        # 30 min: room for rank 0 writing a large checkpoint while the others move on
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=60))
+                                timeout=datetime.timedelta(minutes=30))
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
@@ -198,10 +198,13 @@ def load_model_from_checkpoint(path: str | os.PathLike, cfg: Optional[Config] = 
     return model.eval(), cfg
 
 
-def build_val_loader(cfg: Config, dataset, batch_size: int) -> DataLoader:
+def build_val_loader(cfg: Config, dataset, batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """In order; under torch.distributed each rank gets its share (evaluate() gathers them)."""
     from msdetr_lite.data import collate
-    return DataLoader(dataset, batch_size=batch_size, sampler=SequentialSampler(dataset),
-                      collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=False)
+    sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+               if world_size > 1 else SequentialSampler(dataset))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                      num_workers=cfg.data.num_workers, drop_last=False)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -258,8 +261,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         seed_everything(tc.seed)                   # identical model init on every rank
 
         # ---- data
-        train_ds = build_dataset(cfg.data, cfg.data.train_split)
-        val_ds = build_dataset(cfg.data, cfg.data.val_split) if is_main else None
+        train_ds = build_dataset(cfg.data, "train")
+        val_ds = build_dataset(cfg.data, "val")
         cfg.model.num_classes = train_ds.num_classes
         cfg.model.validate()
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
@@ -272,7 +275,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         train_loader = DataLoader(train_ds, batch_sampler=batch_sampler, collate_fn=collate,
                                   num_workers=cfg.data.num_workers, worker_init_fn=_seed_worker,
                                   generator=loader_gen, pin_memory=device.type == "cuda")
-        val_loader = build_val_loader(cfg, val_ds, per_rank_batch) if is_main else None
+        val_loader = build_val_loader(cfg, val_ds, per_rank_batch, rank, world)
         steps_per_epoch = len(train_loader)
         if tc.max_steps_per_epoch > 0:
             steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
@@ -404,20 +407,18 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
                 lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
                 lr_scheduler.step()
 
-                # ---- evaluation (rank 0 alone, on the unwrapped model; others wait)
+                # ---- evaluation (all ranks share the val set; evaluate() gathers, all get the AP)
                 eval_result, eval_time = None, 0.0
                 if tc.eval_every > 0 and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
-                    if is_main:
-                        t_eval = time.perf_counter()
-                        eval_result = evaluate(raw_model, val_loader, device, layers="all")
-                        eval_time = time.perf_counter() - t_eval
-                        ap = float(eval_result["final"]["AP"])
-                        if ap > best_ap:
-                            best_ap, best_epoch = ap, epoch + 1
-                        if epoch + 1 == tc.epochs:
-                            final_eval = eval_result
-                    if dist_info.enabled:
-                        dist.barrier()
+                    t_eval = time.perf_counter()
+                    eval_result = evaluate(raw_model, val_loader, device, layers="all",
+                                           progress=progress and is_main)
+                    eval_time = time.perf_counter() - t_eval
+                    ap = float(eval_result["final"]["AP"])
+                    if ap > best_ap:
+                        best_ap, best_epoch = ap, epoch + 1
+                    if epoch + 1 == tc.epochs:
+                        final_eval = eval_result
                     model.train()
 
                 # ---- log the epoch, then checkpoint (atomically; only finite weights)
@@ -448,10 +449,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
             raise
 
         # ---- final weights and evaluation
+        if final_eval is None:
+            final_eval = evaluate(raw_model, val_loader, device, layers="all", progress=progress and is_main)
+        final_eval = json.loads(json.dumps(final_eval, default=float))
         if is_main:
-            if final_eval is None:
-                final_eval = evaluate(raw_model, val_loader, device, layers="all")
-            final_eval = json.loads(json.dumps(final_eval, default=float))
             save_checkpoint(out / FINAL, {"model": raw_model.state_dict(), "config": cfg.to_dict(),
                                           "epoch": tc.epochs, "eval": final_eval})
             report = {**final_eval, "epoch": tc.epochs, "supervision": cfg.model.supervision,
@@ -460,8 +461,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
                       "trainable_params": n_params, "world_size": world}
             (out / EVAL).write_text(json.dumps(report, indent=2, default=float) + "\n")
             say(f"done: final AP {final_eval['final']['AP']:.4f} -> {out / EVAL}")
-        if dist_info.enabled:
-            dist.barrier()
         return {"output_dir": str(out), "epochs": tc.epochs, "steps": step, "eval": final_eval,
                 "best_ap": best_ap, "best_epoch": best_epoch, "epoch_times": epoch_times,
                 "checkpoint": str(ckpt_path), "final": str(out / FINAL), "model": raw_model}

@@ -1,0 +1,89 @@
+"""The `msdetr` command: help, clear override errors, data -> train -> eval -> compare at micro size."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msdetr_lite import cli
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO = ["data.train_scales=(64,)", "data.val_size=64", "data.max_size=96", "data.num_workers=0",
+         "model.num_encoder_layers=1", "model.num_decoder_layers=2", "model.d_model=32", "model.nheads=4",
+         "model.n_points=2", "model.dim_feedforward=64", "model.num_queries=20", "model.deform_backend=torch",
+         "train.batch_size=2", "train.max_steps_per_epoch=1", "train.epochs=2", "train.device=cpu"]
+
+
+def test_module_help():
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-m", "msdetr_lite", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for command in ("data", "train", "eval", "compare", "demo"):
+        assert command in res.stdout
+    res = subprocess.run([sys.executable, "-m", "msdetr_lite", "train", "--help"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 0 and "--resume" in res.stdout and "section.field=value" in res.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.no_such_field=1", "unknown config field 'model.no_such_field'"),
+    ("modl.supervision=o2o", "unknown config section 'modl'"),
+    ("model.supervision=o2x", "model.supervision='o2x'"),
+    ("train.epochs=three", "bad value for train.epochs"),
+    ("train.epochs", "not of the form section.field=value"),
+])
+def test_override_errors_are_clear(override, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--preset", "tiny", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_option_and_missing_data(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--no-such-option"])
+    assert exit_info.value.code == 2 and "--no-such-option" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", f"data.root={tmp_path / 'missing'}", f"train.output_dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2 and "data shapes" in capsys.readouterr().err
+
+
+def test_data_train_eval_compare_end_to_end(tmp_path, capsys):
+    data = tmp_path / "shapes"
+    assert cli.main(["data", "shapes", "--out", str(data), "--n-train", "4", "--n-val", "2",
+                     "--size", "64", "--seed", "3"]) == 0
+    assert (data / "annotations" / "instances_train.json").is_file()
+
+    runs = {}
+    for sup in ("ms", "o2o"):
+        runs[sup] = tmp_path / sup
+        # options between overrides are fine
+        assert cli.main(["train", "--preset", "tiny", f"model.supervision={sup}", "--no-progress",
+                         f"data.root={data}", *MICRO, f"train.output_dir={runs[sup]}"]) == 0
+        assert (runs[sup] / "final.pth").is_file()
+    # resuming a finished run only re-evaluates
+    assert cli.main(["train", "--config", str(runs["ms"] / "config.json"), "--resume", "--no-progress"]) == 0
+
+    out = tmp_path / "eval_ms.json"
+    assert cli.main(["eval", "--checkpoint", str(runs["ms"] / "final.pth"), "--out", str(out),
+                     "--no-progress"]) == 0
+    ev = json.loads(out.read_text())
+    assert len(ev["layers"]) == 2 and "AP50" in ev["final"]
+    assert len(ev["candidates"]["layers"]) == 2 and "best_iou" in ev["candidates"]["layers"][0]
+    assert Path(ev["candidates_plot"]).is_file()
+    assert "layer 2:" in capsys.readouterr().out
+
+    cmp_dir = tmp_path / "cmp"
+    assert cli.main(["compare", str(runs["ms"]), str(runs["o2o"]), "--out", str(cmp_dir)]) == 0
+    for name in ("loss_curves.png", "ap_per_epoch.png", "ap_per_layer.png", "summary.json", "summary.md"):
+        assert (cmp_dir / name).is_file(), name
+    summary = json.loads((cmp_dir / "summary.json").read_text())
+    assert [s["supervision"] for s in summary] == ["ms", "o2o"]
+    assert all(len(s["AP_per_layer"]) == 2 and s["time_per_epoch_s"] > 0 for s in summary)
+    assert "| model | AP |" in (cmp_dir / "summary.md").read_text()
