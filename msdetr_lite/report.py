@@ -309,7 +309,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_r
         opts = [f"data.root={root}", f"model.supervision={sup}", f"train.seed={seed}",
                 f"train.output_dir={out / sup}", *overrides]
         if epochs is not None:
-            opts.append(f"train.epochs={epochs}")
+            opts += [f"train.epochs={epochs}", f"train.lr_drop={max(1, epochs - 1)}"]
         cfg = apply_overrides(cfg, opts)
         print(f"demo: training {sup} ({cfg.train.epochs} epochs)")
         train(cfg, progress=progress)

@@ -1,0 +1,294 @@
+"""msdetr_lite.viz: every drawing function builds a figure with the right content, no browser."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from msdetr_lite import viz
+from msdetr_lite.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _normalised(img01: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (img01 - mean) / std
+
+
+def _image(h=48, w=64, seed=0):
+    return _normalised(torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)))
+
+
+def _records(schemes=("o2o", "ms"), epochs=3, steps_per_epoch=4, layers=2):
+    """Fake metrics.jsonl records in the engine's format."""
+    out = {}
+    for s in schemes:
+        recs, step = [], 0
+        for e in range(1, epochs + 1):
+            for _ in range(steps_per_epoch):
+                step += 1
+                losses = {"loss": 10.0 / step}
+                for l in range(layers):
+                    for t in ("cls", "bbox", "giou"):
+                        losses[f"loss_{t}_o2o_{l}"] = 1.0 / step + l
+                        if s != "o2o":
+                            losses[f"loss_{t}_o2m_{l}"] = 2.0 / step + l
+                for t in ("cls", "bbox", "giou"):
+                    losses[f"loss_{t}_enc"] = 0.5
+                recs.append({"type": "step", "epoch": e, "step": step, "losses": losses, "step_time": 0.1,
+                             "peak_mem_mb": 100.0})
+            ev = {"final": {"AP": 0.1 * e, "AP50": 0.2 * e}, "layers": [{"AP": 0.05 * e * (l + 1), "AP50": 0.1 * e}
+                                                                        for l in range(layers)],
+                  "layer_ids": list(range(layers))}
+            recs.append({"type": "epoch", "epoch": e, "step": step, "losses": recs[-1]["losses"], "eval": ev})
+        out[s] = recs
+    return out
+
+
+def test_palette_is_consistent_and_distinct():
+    assert viz.BRANCH_COLORS["gt"] == viz.GT_COLOR and viz.BRANCH_COLORS["o2o"] == viz.O2O_COLOR
+    assert viz.BRANCH_COLORS["o2m"] == viz.O2M_COLOR
+    assert len({viz.GT_COLOR, viz.O2O_COLOR, viz.O2M_COLOR}) == 3
+    assert viz.scheme_color("o2o") == viz.O2O_COLOR
+    assert len({viz.scheme_color(s) for s in viz.SCHEMES}) == len(viz.SCHEMES)
+    assert viz.scheme_color("some other run") == viz.scheme_color("some other run")   # stable
+    assert viz.SCHEME_STYLES["o2o"] == "--" and viz.SCHEME_STYLES["ms"] == "-"        # as in Fig. 2
+
+
+def test_to_numpy_image_denormalises_and_crops():
+    img01 = torch.rand(3, 10, 12)
+    arr = viz.to_numpy_image(_normalised(img01), size=(8, 9))
+    assert arr.shape == (8, 9, 3) and arr.dtype == np.float32
+    np.testing.assert_allclose(arr, img01.permute(1, 2, 0).numpy()[:8, :9], atol=1e-5)
+    u8 = (img01 * 255).round().to(torch.uint8)
+    np.testing.assert_allclose(viz.to_numpy_image(u8), u8.permute(1, 2, 0).numpy() / 255, atol=1e-6)
+    np.testing.assert_allclose(viz.to_numpy_image(img01, normalized=False), img01.permute(1, 2, 0).numpy())
+    with pytest.raises(ValueError):
+        viz.to_numpy_image(torch.rand(1, 4, 4))
+
+
+def test_boxes_to_pixels():
+    px = viz.boxes_to_pixels(torch.tensor([[0.5, 0.5, 0.5, 0.25]]), (100, 200))
+    torch.testing.assert_close(px, torch.tensor([[50.0, 37.5, 150.0, 62.5]]))
+    assert viz.boxes_to_pixels(torch.zeros(0, 4), (10, 10)).shape == (0, 4)
+
+
+def test_draw_boxes_tags_and_counts():
+    fig, axes = viz.new_figure(1, 2)
+    viz.show_image(axes[0, 0], _image(), title="x")
+    patches = viz.draw_boxes(axes[0, 0], torch.tensor([[1, 2, 10, 20], [5, 5, 30, 30.]]), viz.GT_COLOR, gid="gt",
+                             label="gt", texts=["a", "b"], alpha=[1.0, 0.5])
+    viz.draw_boxes(axes[0, 1], torch.tensor([[0, 0, 3, 3.]]), viz.O2O_COLOR, gid="o2o")
+    assert len(patches) == 2 and patches[0].get_label() == "gt"
+    assert patches[1].get_edgecolor()[3] == pytest.approx(0.5)
+    assert viz.count_boxes(fig, "gt") == 2 and viz.count_boxes(fig, "o2o") == 1 and viz.count_boxes(fig) == 3
+    assert viz.count_boxes(axes[0, 1]) == 1
+    assert len(axes[0, 0].texts) == 2
+
+
+def test_draw_boxes_tv_burns_in_boxes():
+    img = _image(32, 32)
+    out = viz.draw_boxes_tv(img, torch.tensor([[0.5, 0.5, 0.5, 0.5]]), colors=viz.GT_COLOR, scale=2)
+    assert out.dtype == torch.uint8 and out.shape == (3, 64, 64)
+    plain = viz.draw_boxes_tv(img, torch.zeros(0, 4), scale=2)
+    assert (out != plain).any()
+
+
+def test_plot_detections_threshold():
+    dets = {"scores": torch.tensor([0.9, 0.5, 0.1]), "labels": torch.tensor([0, 1, 0]),
+            "boxes": torch.tensor([[1, 1, 10, 10], [2, 2, 20, 20], [3, 3, 30, 30.]])}
+    fig = viz.plot_detections(_image(), dets, gt_boxes=torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
+                              class_names=["a", "b"], score_thresh=0.3)
+    assert viz.count_boxes(fig, "detection") == 2 and viz.count_boxes(fig, "gt") == 1
+    assert "2 detections" in fig.axes[0].get_title()
+    fig = viz.plot_detections(_image(), dets, score_thresh=0.05)
+    assert viz.count_boxes(fig, "detection") == 3
+    fig = viz.plot_detections(_image(), dets, score_thresh=0.0, max_dets=2)
+    assert viz.count_boxes(fig, "detection") == 2 and len(fig.axes[0].texts) == 2
+
+
+def _assignment(G=2, Q=12, n_o2m=5):
+    S = torch.rand(G, Q, generator=torch.Generator().manual_seed(1))
+    return {"layer": 1, "k": 3, "tau": 0.4, "alpha": 0.3,
+            "gt_boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])[:G],
+            "gt_labels": torch.arange(G), "o2o_boxes": torch.rand(Q, 4) * 0.5 + 0.2,
+            "o2m_boxes": torch.rand(Q, 4) * 0.5 + 0.2,
+            "o2o": (torch.arange(G), torch.arange(G)),
+            "o2m": (torch.arange(n_o2m), torch.arange(n_o2m) % G),
+            "o2m_scores": S[torch.arange(n_o2m) % G, torch.arange(n_o2m)],
+            "scores": S, "positive": torch.rand(Q) > 0.5, "best_gt": torch.zeros(Q, dtype=torch.long),
+            "candidates": (torch.arange(2 * 3) % Q, torch.arange(G).repeat_interleave(3)), "note": ""}
+
+
+def test_plot_assignment_marks_every_pair():
+    a = _assignment()
+    fig = viz.plot_assignment(_image(), a, class_names=["square", "cross"])
+    assert viz.count_boxes(fig, "gt") == 2 and viz.count_boxes(fig, "o2o") == 2 and viz.count_boxes(fig, "o2m") == 5
+    title = fig._suptitle.get_text()
+    assert "K=3" in title and "5 o2m pairs" in title
+    heat = fig.axes[1]
+    by_gid = {c.get_gid(): c for c in heat.collections if c.get_gid()}
+    assert len(by_gid["o2m"].get_offsets()) == 5 and len(by_gid["o2o"].get_offsets()) == 2
+    assert heat.get_images()[0].get_array().shape[0] == 2      # G rows
+    assert "GT 1 cross" in [t.get_text() for t in heat.get_yticklabels()]
+    fewer = viz.plot_assignment(_image(), _assignment(n_o2m=2))
+    assert viz.count_boxes(fewer, "o2m") == 2
+
+
+def test_plot_score_matrix_columns_and_empty():
+    fig, axes = viz.new_figure(1, 2)
+    S = torch.rand(3, 50)
+    cols = viz.plot_score_matrix(axes[0, 0], S, o2o=(torch.tensor([45]), torch.tensor([0])), max_queries=10)
+    assert 45 in cols and len(cols) == 10
+    assert viz.plot_score_matrix(axes[0, 1], torch.zeros(0, 50)) == []
+
+
+def test_attention_heatmap_conserves_mass():
+    loc = torch.tensor([[[[0.1, 0.1], [0.9, 0.9]]]])        # [M=1, L=1, P=2, 2]
+    w = torch.tensor([[[0.25, 0.75]]])
+    heat = viz.attention_heatmap(loc, w, (20, 30), cell=2)
+    assert heat.shape == (10, 15) and heat.sum() == pytest.approx(1.0)
+    outside = viz.attention_heatmap(torch.tensor([[[[1.5, 0.5]]]]), torch.tensor([[[1.0]]]), (20, 30))
+    assert outside.sum() == 0
+
+
+def test_plot_deformable_attention_levels_and_heads():
+    M, L, P = 4, 3, 2
+    loc = torch.rand(M, L, P, 2)
+    w = torch.rand(M, L, P)
+    w = w / w.sum(dim=(1, 2), keepdim=True)
+    fig = viz.plot_deformable_attention(_image(), loc, w, ref_box=torch.tensor([0.5, 0.5, 0.3, 0.3]),
+                                        pred_box=torch.tensor([0.5, 0.5, 0.2, 0.2]), title="q")
+    ax = fig.axes[0]
+    levels = [c for c in ax.collections if (c.get_gid() or "").startswith("level")]
+    assert len(levels) == L and all(len(c.get_offsets()) == M * P for c in levels)
+    assert viz.count_boxes(fig, "reference") == 1 and viz.count_boxes(fig, "prediction") == 1
+    one = viz.plot_deformable_attention(_image(), loc, w, head=2)
+    assert all(len(c.get_offsets()) == P for c in one.axes[0].collections if (c.get_gid() or "").startswith("level"))
+    assert "4 head(s)" in ax.get_title() and "1 head(s)" in one.axes[0].get_title()
+
+
+def test_plot_attention_layers():
+    per_layer = [{"sampling_locations": torch.rand(2, 2, 2, 2), "attention_weights": torch.rand(2, 2, 2),
+                  "reference": torch.tensor([0.5, 0.5, 0.2, 0.2]), "box": torch.tensor([0.5, 0.5, 0.1, 0.1])}] * 3
+    fig = viz.plot_attention_layers(_image(), per_layer)
+    assert len([a for a in fig.axes if a.get_visible()]) == 3 and viz.count_boxes(fig, "reference") == 3
+
+
+def test_candidates_and_fig1_grid():
+    boxes, scores = torch.rand(30, 4) * 0.4 + 0.1, torch.rand(30)
+    fig, axes = viz.new_figure()
+    patches = viz.plot_candidates(axes[0, 0], _image(), boxes, scores, torch.tensor([[0.5, 0.5, 0.2, 0.2]]), k=7,
+                                  legend=True)
+    assert len(patches) == 7 and viz.count_boxes(fig, "gt") == 1
+    assert patches[0].get_edgecolor()[3] > patches[-1].get_edgecolor()[3]        # best is most opaque
+    preds = {"o2o": [(boxes, scores)] * 2, "ms": [(boxes, scores)] * 2}
+    grid = viz.plot_topk_comparison([_image(), _image(seed=1)], [torch.zeros(0, 4)] * 2, preds, k=5)
+    assert len(grid.axes) == 4 and viz.count_boxes(grid, "candidate") == 20
+    assert grid.axes[0].get_title() == viz.scheme_label("o2o")
+    wide = viz.plot_topk_comparison([_image()] * 3, [torch.zeros(0, 4)] * 3, {n: [(boxes, scores)] * 3 for n in preds},
+                                    k=2, models_as_rows=True)
+    assert wide.get_figwidth() > wide.get_figheight() and viz.count_boxes(wide, "candidate") == 12
+    assert [a.get_title() for a in wide.axes[3:]] == [viz.scheme_label("ms")] * 3
+    per_layer = viz.plot_topk_per_layer(_image(), torch.zeros(0, 4), {"o2o": [(boxes, scores)] * 3,
+                                                                      "ms": [(boxes, scores)] * 2}, k=4)
+    assert viz.count_boxes(per_layer, "candidate") == 4 * 5
+
+
+def test_loss_series_variants():
+    recs = _records()["ms"]
+    xs, ys = viz.loss_series(recs, "cls", "o2o", layer="last")
+    assert xs == list(range(1, 13)) and ys[0] == pytest.approx(1.0 + 1)
+    _, ys_sum = viz.loss_series(recs, "cls", "o2o", layer="sum")
+    assert ys_sum[0] == pytest.approx(2.0 + 1)
+    xe, _ = viz.loss_series(recs, "giou", "o2m", x="epoch")
+    assert xe == [1, 2, 3]
+    assert viz.loss_series(_records()["o2o"], "cls", "o2m") == ([], [])
+    _, tot = viz.loss_series(recs, "total", "o2o")
+    assert tot[1] == pytest.approx(5.0)
+    _, enc = viz.loss_series(recs, "bbox", "enc")
+    assert enc[0] == 0.5
+
+
+def test_plot_loss_curves_one_line_per_model_and_branch():
+    fig = viz.plot_loss_curves(_records(), branches=("o2o", "o2m"))
+    axes = fig.axes
+    assert len(axes) == 6
+    o2o_row, o2m_row = axes[:3], axes[3:]
+    assert all(len(ax.get_lines()) == 2 for ax in o2o_row)        # both models have o2o losses
+    assert all(len(ax.get_lines()) == 1 for ax in o2m_row)        # the o2o baseline has no o2m branch
+    styles = {l.get_label(): l.get_linestyle() for l in o2o_row[0].get_lines()}
+    assert styles == {"o2o": "--", "ms": "-"}
+    assert "o2o branch" in o2o_row[0].get_title()
+    fig = viz.plot_total_loss(_records()["ms"])
+    assert len(fig.axes[0].get_lines()) == 1 and len(fig.axes[1].get_lines()) == 4
+
+
+def test_plot_ap_curves_and_per_layer():
+    recs = _records(("o2o", "ms", "hybrid"))
+    fig = viz.plot_ap_curves(recs)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 and list(lines[0].get_xdata()) == [1, 2, 3]
+    assert list(lines[0].get_ydata()) == pytest.approx([10, 20, 30])
+    evals = {s: r[-1]["eval"] for s, r in recs.items()}
+    fig = viz.plot_ap_per_layer(evals)
+    assert len(fig.axes[0].get_lines()) == 3 and list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2]
+
+
+def test_plot_backend_timings():
+    rows = [{"backend": "torch", "forward_ms": 2.0, "backward_ms": 3.0}, {"backend": "numba", "forward_ms": 1.0,
+                                                                          "backward_ms": None}]
+    fig = viz.plot_backend_timings(rows)
+    assert len(fig.axes[0].patches) == 4
+
+
+def test_markdown_table():
+    text = viz.markdown_table([{"a": 1, "b": 0.123456}, {"a": "x|y", "c": None}])
+    lines = text.splitlines()
+    assert lines[0] == "| a | b | c |" and lines[1] == "|---|---|---|"
+    assert lines[2] == "| 1 | 0.123 | - |" and lines[3] == "| x\\|y | - | - |"
+    assert viz.markdown_table([{"a": float("nan")}], floatfmt=".2f").splitlines()[2] == "| - |"
+
+
+def test_png_and_thumbnail(tmp_path):
+    fig = viz.plot_loss_curves(_records())
+    png = viz.fig_to_png(fig, dpi=50)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    path = viz.save_thumbnail(fig, tmp_path / "sub" / "thumb.png", width=600)
+    with Image.open(path) as im:
+        assert abs(im.size[0] - 600) <= 1
+    assert isinstance(fig, Figure)
+
+
+def test_plot_samples(tmp_path):
+    class DS:
+        class_names = ["circle", "square"]
+
+        def __getitem__(self, i):
+            return _image(40, 50, seed=i), {"labels": torch.tensor([0, 1]), "size": torch.tensor([40, 50]),
+                                            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.3]])}
+
+    fig = viz.plot_samples(DS(), [0, 1, 2], ncols=2)
+    assert viz.count_boxes(fig, "gt") == 6
+    assert sum(a.get_visible() for a in fig.axes) == 3
+    buf = io.BytesIO(viz.fig_to_png(fig))
+    assert Image.open(buf).size[0] > 100
+
+
+def test_recolor_by_scheme():
+    fig, axes = viz.new_figure(1, 1)
+    ax = axes[0, 0]
+    ax.plot([1, 2], [1, 2], label="ms", color="black")
+    ax.plot([1, 2], [2, 1], label="o2o", color="black")
+    ax.plot([1, 2], [0, 0], label="other", color="black")
+    ax.legend()
+    viz.recolor_by_scheme(fig)
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert lines["ms"].get_color() == viz.SCHEME_COLORS["ms"] and lines["o2o"].get_linestyle() == "--"
+    assert lines["other"].get_color() == "black"
+    legend_colors = [h.get_color() for h in ax.get_legend().legend_handles]
+    assert viz.SCHEME_COLORS["ms"] in legend_colors
