@@ -11,6 +11,13 @@ Every available backend runs on every available device (the CPU; the GPU too whe
 compared with the torch reference on the same device: the table shows median milliseconds and the
 speed-up over the reference ("x ref"), plus the largest deviation of the output from the reference as
 a sanity check. Results go to a JSON file as well.
+
+Memory-bandwidth floor ("x floor"): the bytes an ideal kernel must move, each input read once and
+each output written once (forward: value, sampling_locations, attention_weights in, output out;
+forward+backward adds grad_output in and the three gradients out), divided by the bandwidth this
+device reaches in a plain tensor copy of 256 MiB (measured in the same run). "x floor" is the
+measured time over that floor: 1.0 would be a kernel limited by memory traffic alone. (The decoder
+shape samples only part of ``value``, and small inputs sit in cache, so values below 1 happen there.)
 """
 from __future__ import annotations
 
@@ -77,6 +84,23 @@ def time_ms(fn, device: str, warmup: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def copy_bandwidth_gbs(device: str, warmup: int, repeats: int, mib: int = 256) -> float:
+    """GB/s of a device-local tensor copy (bytes read + bytes written per second)."""
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup, repeats)
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+
+
+def ideal_bytes(inputs) -> tuple[int, int]:
+    """(forward, forward+backward) bytes when every tensor is read or written exactly once."""
+    size = lambda t: t.numel() * t.element_size()  # noqa: E731
+    ins = sum(size(inputs[k]) for k in ("value", "sampling_locations", "attention_weights"))
+    out = size(inputs["grad_out"])  # the output has grad_output's shape and dtype
+    # backward: reads the three inputs and grad_output, writes a gradient of each input's size
+    return ins + out, (ins + out) + (ins + out) + ins
+
+
 def bench_one(inputs, backend: str, device: str, warmup: int, repeats: int):
     args = [inputs[k] for k in ("value", "spatial_shapes", "level_start_index", "sampling_locations",
                                 "attention_weights")]
@@ -111,11 +135,15 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
+    rows, bandwidth = [], {}
     for device in devices:
         backends = ops.available_backends(device)  # "torch" first: it is the reference
+        bandwidth[device] = copy_bandwidth_gbs(device, args.warmup, args.repeats)
         for shape in args.shapes:
             inputs = make_inputs(shape, device)
+            bytes_fwd, bytes_fwd_bwd = ideal_bytes(inputs)
+            floor_fwd_ms = bytes_fwd / (bandwidth[device] * 1e9) * 1e3
+            floor_fwd_bwd_ms = bytes_fwd_bwd / (bandwidth[device] * 1e9) * 1e3
             ref_fwd = ref_fwd_bwd = ref_out = None
             for backend in backends:
                 fwd, fwd_bwd, out = bench_one(inputs, backend, device, args.warmup, args.repeats)
@@ -125,22 +153,30 @@ def main(argv=None) -> dict:
                                  forward_ms=round(fwd, 3), forward_backward_ms=round(fwd_bwd, 3),
                                  forward_speedup=round(ref_fwd / fwd, 2),
                                  forward_backward_speedup=round(ref_fwd_bwd / fwd_bwd, 2),
+                                 ideal_bytes_forward=bytes_fwd, ideal_bytes_forward_backward=bytes_fwd_bwd,
+                                 forward_x_floor=round(fwd / floor_fwd_ms, 2),
+                                 forward_backward_x_floor=round(fwd_bwd / floor_fwd_bwd_ms, 2),
                                  max_abs_diff_vs_reference=float((out - ref_out).abs().max())))
                 print(f"  done {shape:8s} {device:4s} {backend}", file=sys.stderr, flush=True)
 
-    header = f"{'shape':8s} {'device':6s} {'backend':7s} {'fwd ms':>9s} {'x ref':>7s} {'fwd+bwd ms':>11s} {'x ref':>7s} {'max |diff|':>11s}"
+    header = (f"{'shape':8s} {'device':6s} {'backend':7s} {'fwd ms':>9s} {'x ref':>7s} {'x floor':>8s} "
+              f"{'fwd+bwd ms':>11s} {'x ref':>7s} {'x floor':>8s} {'max |diff|':>11s}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['shape']:8s} {r['device']:6s} {r['backend']:7s} {r['forward_ms']:9.2f} "
-              f"{r['forward_speedup']:6.1f}x {r['forward_backward_ms']:11.2f} {r['forward_backward_speedup']:6.1f}x "
+              f"{r['forward_speedup']:6.1f}x {r['forward_x_floor']:7.1f}x {r['forward_backward_ms']:11.2f} "
+              f"{r['forward_backward_speedup']:6.1f}x {r['forward_backward_x_floor']:7.1f}x "
               f"{r['max_abs_diff_vs_reference']:11.1e}")
+    print("copy bandwidth (the floor's denominator): "
+          + ", ".join(f"{d} {gbs:.1f} GB/s" for d, gbs in bandwidth.items()))
 
     import numba  # noqa: PLC0415 - only for the record
 
     result = dict(
         settings=dict(repeats=args.repeats, warmup=args.warmup, threads=torch.get_num_threads(),
                       dtype="float32", statistic="median"),
+        copy_bandwidth_gbs=bandwidth,
         environment=dict(torch=torch.__version__, numba=numba.__version__, python=platform.python_version(),
                          cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),
                          gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None),

@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end on tiny settings and write the JSON they promise.
+
+Only that they run and report consistent numbers: speed goals are read off the printed tables
+(see the README's "Measured" section), never asserted in a unit test.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def test_kernels_bench_writes_table_and_json(tmp_path):
+    out = tmp_path / "kernels.json"
+    text = _run("kernels.py", "--repeats", "1", "--warmup", "1", "--shapes", "decoder", "--out", str(out))
+    result = json.loads(out.read_text())
+    rows = {r["backend"]: r for r in result["results"] if r["device"] == "cpu"}
+    assert "torch" in rows and rows["torch"]["forward_speedup"] == 1.0
+    for r in rows.values():
+        assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
+        assert r["max_abs_diff_vs_reference"] < 1e-4
+        assert r["ideal_bytes_forward_backward"] > r["ideal_bytes_forward"] > 0
+        assert r["forward_x_floor"] > 0 and r["forward_backward_x_floor"] > 0
+    assert result["copy_bandwidth_gbs"]["cpu"] > 0
+    assert "x floor" in text and "decoder" in text
+
+
+def test_overhead_bench_two_schemes(tmp_path):
+    out = tmp_path / "overhead.json"
+    text = _run("overhead.py", "--schemes", "o2o", "ms", "--steps", "1", "--warmup", "0", "--batch", "2",
+                "--image-size", "96", "--json", str(out), "model.num_queries=20")
+    result = json.loads(out.read_text())["results"]
+    assert [r["scheme"] for r in result] == ["o2o", "ms"]
+    assert result[0]["time_ratio"] == 1.0 and result[1]["params"] >= result[0]["params"]
+    assert all(r["step_s"] > 0 and r["peak_mem_mb"] > 0 for r in result)
+    assert "ms" in text and "x o2o" in text
