@@ -53,7 +53,7 @@ ZOO_VERSION = 1
 SCHEDULES = {
     "fast": ["train.epochs=2", "train.max_steps_per_epoch=1", "train.batch_size=4", "train.lr_drop=100",
              "data.max_images=8", "train.log_every=1", "data.num_workers=0"],
-    "full": ["train.epochs=4", "train.max_steps_per_epoch=30", "train.batch_size=8", "train.lr_drop=3",
+    "full": ["train.epochs=4", "train.max_steps_per_epoch=60", "train.batch_size=4", "train.lr_drop=3",
              "data.max_images=0", "train.log_every=2", "data.num_workers=0"],
 }
 # the sources whose changes make cached weights stale
