@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 SUPERVISIONS = ("o2o", "ms", "hybrid", "group")
 O2M_TAPS = ("after_ca", "after_sa", "output")
+QUERY_POS = ("proposal", "reference")
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 
 
@@ -37,6 +38,9 @@ class ModelConfig:
     dropout: float = 0.0
     num_queries: int = 300
     look_forward_twice: bool = True
+    # positional query: "proposal" (the initial proposal box, fixed through the decoder, as in
+    # Deformable DETR / H-DETR / the MS-DETR code) or "reference" (each layer's box, as in DINO)
+    query_pos: str = "proposal"
     # the switch: o2o (Deformable-DETR++), ms (MS-DETR), hybrid (H-DETR), group (Group-DETR)
     supervision: str = "ms"
     o2m_tap: str = "after_ca"             # where o2m supervision taps the decoder layer (Fig. 4)
@@ -52,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"model.supervision={self.supervision!r}; expected one of {SUPERVISIONS}")
         if self.o2m_tap not in O2M_TAPS:
             raise ValueError(f"model.o2m_tap={self.o2m_tap!r}; expected one of {O2M_TAPS}")
+        if self.query_pos not in QUERY_POS:
+            raise ValueError(f"model.query_pos={self.query_pos!r}; expected one of {QUERY_POS}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone={self.backbone!r}; expected one of {BACKBONES}")
         if self.d_model % self.nheads:

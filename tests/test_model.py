@@ -117,6 +117,26 @@ def test_look_forward_twice_passes_gradient_to_previous_layer():
         assert (g is not None and g.abs().sum() > 0) == expect
 
 
+@pytest.mark.parametrize("query_pos, embeds", [("proposal", 1), ("reference", 4)])
+def test_query_pos_fixed_or_per_layer(query_pos, embeds):
+    """"proposal" embeds each query's position once, from its proposal box, and every layer sees
+    it; "reference" re-embeds the refined box before each of the 4 layers."""
+    torch.manual_seed(0)
+    model = build_model(micro_model_config(supervision="o2o", num_decoder_layers=4, query_pos=query_pos)).eval()
+    with torch.no_grad():  # box heads start at zero; let them move the boxes
+        for head in model.decoder.bbox_embed:
+            head.layers[-1].weight.normal_(std=0.1)
+    seen = []
+    model.decoder.ref_point_head.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    images, masks = _batch()
+    out = model(images, masks)
+    assert len(seen) == embeds
+    refs = out["references"]
+    assert not torch.allclose(refs[0], refs[-1])      # the boxes do move between layers
+    if query_pos == "reference":
+        assert not torch.allclose(seen[0], seen[-1])
+
+
 def test_group_attention_mask():
     m = group_attention_mask([2, 3])
     expected = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 0, 0, 0],

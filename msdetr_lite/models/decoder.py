@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import QUERY_POS
 from .attention import MSDeformAttn
 from .encoder import FFN, inverse_sigmoid
 from .position import box_sine_embed
@@ -102,8 +103,12 @@ class Decoder(nn.Module):
     """
 
     def __init__(self, num_layers, d_model, nheads, dim_feedforward, dropout, n_levels, n_points,
-                 num_classes, tap=None, aux_ffn=False, look_forward_twice=True, backend="auto"):
+                 num_classes, tap=None, aux_ffn=False, look_forward_twice=True, query_pos="proposal",
+                 backend="auto"):
         super().__init__()
+        if query_pos not in QUERY_POS:
+            raise ValueError(f"query_pos {query_pos!r} unknown; expected one of {QUERY_POS}")
+        self.query_pos = query_pos
         layer = DecoderLayer(d_model, nheads, dim_feedforward, dropout, n_levels, n_points, tap, aux_ffn, backend)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.d_model, self.tap, self.look_forward_twice = d_model, tap, look_forward_twice
@@ -133,9 +138,11 @@ class Decoder(nn.Module):
         level_scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]       # [B, 1, L, 4]
         ref = ref_boxes
         outs = []
+        pos = self.ref_point_head(box_sine_embed(ref_boxes.detach(), self.d_model // 2))
         for l, layer in enumerate(self.layers):
             ref_in = ref.detach()
-            pos = self.ref_point_head(box_sine_embed(ref_in, self.d_model // 2))
+            if l > 0 and self.query_pos == "reference":
+                pos = self.ref_point_head(box_sine_embed(ref_in, self.d_model // 2))
             tgt, tgt_o2m, loc, w = layer(tgt, pos, ref_in[:, :, None] * level_scale, memory, spatial_shapes,
                                          level_start_index, memory_mask, self_attn_mask, with_o2m)
             ref_pred = inverse_sigmoid(ref if self.look_forward_twice else ref_in)

@@ -68,7 +68,7 @@ class MSDETR(nn.Module):
         self.decoder = Decoder(cfg.num_decoder_layers, d, cfg.nheads, cfg.dim_feedforward, cfg.dropout,
                                cfg.num_feature_levels, cfg.n_points, cfg.num_classes, tap=tap,
                                aux_ffn=cfg.o2m_aux_ffn, look_forward_twice=cfg.look_forward_twice,
-                               backend=cfg.deform_backend)
+                               query_pos=cfg.query_pos, backend=cfg.deform_backend)
         self.num_extra = {"hybrid": cfg.hybrid_num_queries,
                           "group": (cfg.group_num - 1) * cfg.num_queries}.get(cfg.supervision, 0)
         # mixed query selection: content queries are learned, positions come from proposals
