@@ -15,9 +15,9 @@ Two schedules of the `tiny` preset on the embedded shapes data (`SCHEDULES`):
     fast  (env MSDETR_FAST=1, CI): a handful of steps on a few images; pictures are of an
           almost untrained model, the point is that every cell runs.
     full  a real short schedule sized for a 2-core CPU: 4 epochs of 60 steps of 4 images, an
-          evaluation per epoch; about 1.5 minutes per model on two quiet cores (measured for ms:
-          AP 10.2, AP50 19.4 on the shapes val set: candidates gather, scores are still low).
-          `make demo` trains 5x longer (AP 34). Raise the steps in `SCHEDULES` for sharper
+          evaluation per epoch; about 1.8 minutes per model on two quiet cores (measured for ms:
+          AP 7.1, AP50 14.2 on the shapes val set: candidates gather, scores are still low).
+          `make demo` trains 5x longer (AP 37.7). Raise the steps in `SCHEDULES` for sharper
           pictures. On a GPU the engine's `train.device=auto` uses it.
 
 Training runs `msdetr_lite.engine.train` in a subprocess (`python -m msdetr_lite.zoo train ...`):
