@@ -175,7 +175,7 @@ def preset(name: str) -> Config:
         # steps for ~10% more time) 34.0; with the transformer at 4e-4 (backbone still 1e-3)
         # 37.7 (2e-4: 36.4), and the o2o baseline 51.6 (from 41.0).
         cfg.train = TrainConfig(lr=4e-4, lr_backbone=1e-3, batch_size=4, epochs=12, lr_drop=10,
-                              clip_max_norm=0.1, output_dir="runs/tiny")
+                                clip_max_norm=0.1, output_dir="runs/tiny")
         return cfg
     raise ValueError(f"unknown preset {name!r}; expected 'tiny' or 'r50'")
 

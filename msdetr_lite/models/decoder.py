@@ -138,10 +138,9 @@ class Decoder(nn.Module):
         level_scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]       # [B, 1, L, 4]
         ref = ref_boxes
         outs = []
-        pos = self.ref_point_head(box_sine_embed(ref_boxes.detach(), self.d_model // 2))
         for l, layer in enumerate(self.layers):
             ref_in = ref.detach()
-            if l > 0 and self.query_pos == "reference":
+            if l == 0 or self.query_pos == "reference":    # "proposal": layer 0's, kept
                 pos = self.ref_point_head(box_sine_embed(ref_in, self.d_model // 2))
             tgt, tgt_o2m, loc, w = layer(tgt, pos, ref_in[:, :, None] * level_scale, memory, spatial_shapes,
                                          level_start_index, memory_mask, self_attn_mask, with_o2m)
