@@ -1,0 +1,134 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Multi-scale deformable attention
+#
+# Every decoder query attends to the image through **deformable cross-attention**
+# (Deformable DETR): instead of comparing itself with all H·W feature-map positions, each
+# query predicts, per head *m*, level *l* and point *p*, a small **offset** from its
+# **reference box** and a **weight**, samples the feature map bilinearly there and sums:
+#
+# `out = Σ_m W_m Σ_l Σ_p A[m, l, p] · V_l(ref + Δ[m, l, p])`, with `Σ_{l,p} A[m, l, p] = 1` per head.
+#
+# With box references the offsets are relative to the box (at most half its size). 8 heads x
+# 4 levels x 4 points = 128 samples per query, whatever the image size. This notebook shows
+# them on the trained model, then compares the three implementations of the sampling op.
+
+# %%
+# %matplotlib inline
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from IPython.display import Markdown, display
+
+import msdetr_lite
+from msdetr_lite import viz, widgets, zoo
+
+torch.set_num_threads(zoo.default_threads())    # one thread per process on a small shared CPU
+THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
+
+# %% tags=["parameters"]
+# Parameters (papermill can override them). FAST: env MSDETR_FAST=1, as in CI: tiny step
+# counts and few images, so every cell runs in seconds; the pictures are then of an almost
+# untrained model. Leave it unset for the real (short, CPU-sized) schedules.
+FAST = zoo.fast_mode()
+N_IMAGES = 4 if FAST else 16            # validation images offered by the widgets
+SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write docs/images/*.png
+
+IMAGE = 0                               # validation image of the static figures
+BENCH_REPEATS = 2 if FAST else 10       # timing repetitions per backend
+
+# %%
+from msdetr_lite.data import build_dataset
+
+model, run_cfg = zoo.load_model("ms", fast=FAST, quiet=True)
+val_ds = build_dataset(run_cfg.data, "val")
+image, target = val_ds[IMAGE]
+out = widgets.run_model(model, image, attention=True, aux=False)
+att = out["attention"][-1]
+print("sampling_locations", tuple(att["sampling_locations"].shape), "= [batch, queries, heads, levels, points, xy]")
+print("attention_weights ", tuple(att["attention_weights"].shape))
+print("feature levels (H, W):", out["spatial_shapes"].tolist())
+
+# %% [markdown]
+# ## 1. One query's view
+# The most confident query of the last decoder layer: its reference box (the previous
+# layer's refined box, dashed pink), its prediction (blue), its sampling points coloured by
+# feature level (yellow = stride 8, fine; purple = stride 64, coarse), sized by weight; and
+# on the right the attention mass those weights put on the image.
+
+# %%
+q = int(widgets.query_order(out)[0])
+qa = widgets.query_attention(out, q, layer=-1)
+fig = viz.plot_deformable_attention(image, qa["sampling_locations"], qa["attention_weights"],
+                                    ref_box=qa["reference"], pred_box=qa["box"], size=target["size"].tolist(),
+                                    title=f"query {q}: {val_ds.class_names[qa['label']]} {qa['score']:.2f}, last decoder layer")
+if SAVE_THUMBNAIL:
+    viz.save_thumbnail(fig, THUMBNAILS / "02_deformable_attention.png")
+fig
+
+# %% [markdown]
+# The same query through the decoder: the reference box is refined layer by layer and the
+# sampling points follow it.
+
+# %%
+per_layer = [widgets.query_attention(out, q, layer=l) for l in range(len(out["o2o"]))]
+viz.plot_attention_layers(image, per_layer, size=target["size"].tolist(),
+                          title=f"query {q} through the decoder layers")
+
+# %% [markdown]
+# ## 2. Explore
+# Pick a query by score rank (0 = the most confident), a decoder layer and a head (or all).
+# Low-ranked queries usually sit on background or duplicate a better one.
+
+# %%
+panel = widgets.attention_panel(model, val_ds, indices=range(N_IMAGES))
+panel
+
+# %% [markdown]
+# ## 3. Three backends, one op
+# `msdetr_lite.ops.ms_deform_attn(..., backend=...)` has three implementations behind one
+# signature:
+#
+# * `torch`: `F.grid_sample` per level, the readable reference (any device, autograd for free);
+# * `numba`: hand-written CPU kernels (forward and backward);
+# * `cuda`: our CUDA extension, built on first use (GPU only).
+#
+# They must agree to float32 rounding, in the output and in all three gradients. Timings
+# are for the shapes of this model's decoder on 128-px images (2 images x 100 queries);
+# the first call includes numba's compilation (or the CUDA build).
+
+# %%
+from msdetr_lite import ops
+
+backends = ops.available_backends("cpu")
+n_heads = run_cfg.model.nheads
+shape_kw = dict(n_heads=n_heads, head_dim=run_cfg.model.d_model // n_heads,
+                n_levels=run_cfg.model.num_feature_levels, n_points=run_cfg.model.n_points,
+                n_queries=run_cfg.model.num_queries)
+rows = widgets.compare_backends(backends, repeats=BENCH_REPEATS, **shape_kw)
+if torch.cuda.is_available():
+    rows += widgets.compare_backends(ops.available_backends("cuda"), repeats=BENCH_REPEATS, device="cuda", **shape_kw)
+display(Markdown(viz.markdown_table(rows)))
+viz.plot_backend_timings([r for r in rows if "forward_ms" in r])
+
+# %% [markdown]
+# And the whole model, on one image, with each CPU backend swapped in:
+
+# %%
+display(Markdown(viz.markdown_table(widgets.model_backend_agreement(model, image, backends), floatfmt=".2g")))

@@ -1,0 +1,121 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Candidate quality: the paper's Fig. 1
+#
+# MS-DETR's explanation of *why* mixed supervision works: the one-to-many loss trains
+# several queries per object to be good, so the decoder's **candidates**, the boxes of its
+# top-scoring queries, gather tightly around the objects, layer after layer. The o2o
+# baseline keeps them scattered: only one query per object was ever told it was right.
+#
+# Fig. 1 of the paper draws the top-20 query boxes of both models. We do the same with the
+# runs trained in notebook 03 (or trained here on first use), then measure it over the
+# validation set with `msdetr_lite.analysis`.
+
+# %%
+# %matplotlib inline
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from IPython.display import Markdown, display
+
+import msdetr_lite
+from msdetr_lite import viz, widgets, zoo
+
+torch.set_num_threads(zoo.default_threads())    # one thread per process on a small shared CPU
+THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
+
+# %% tags=["parameters"]
+# Parameters (papermill can override them). FAST: env MSDETR_FAST=1, as in CI: tiny step
+# counts and few images, so every cell runs in seconds; the pictures are then of an almost
+# untrained model. Leave it unset for the real (short, CPU-sized) schedules.
+FAST = zoo.fast_mode()
+N_IMAGES = 4 if FAST else 16            # validation images offered by the widgets
+SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write docs/images/*.png
+
+TOP_K = 20                              # candidates drawn per image (the paper's Fig. 1: 20)
+FIG_IMAGES = [0, 1, 2]                  # validation images of the static figure
+STAT_BATCHES = 1 if FAST else 25        # validation batches for the statistics (8 images each)
+
+# %%
+from msdetr_lite.data import build_dataset
+
+models = {}
+for scheme in ("o2o", "ms"):
+    models[scheme], run_cfg = zoo.load_model(scheme, fast=FAST)
+val_ds = build_dataset(run_cfg.data, "val")
+print(val_ds)
+
+# %% [markdown]
+# ## 1. Top-20 query boxes, o2o baseline vs MS-DETR (last decoder layer)
+
+# %%
+samples = [val_ds[i] for i in FIG_IMAGES if i < len(val_ds)]
+predictions = {name: [widgets.topk_candidates(widgets.run_model(m, img, aux=False), layer=-1)
+                      for img, _ in samples] for name, m in models.items()}
+fig = viz.plot_topk_comparison([img for img, _ in samples], [t["boxes"] for _, t in samples], predictions,
+                               k=TOP_K, sizes=[t["size"].tolist() for _, t in samples], models_as_rows=True)
+if SAVE_THUMBNAIL:
+    viz.save_thumbnail(fig, THUMBNAILS / "04_candidate_quality.png")
+fig
+
+# %% [markdown]
+# ## 2. Layer by layer
+# The same image through the four decoder layers: each layer refines the boxes of the one
+# before. MS-DETR's candidates should tighten earlier.
+
+# %%
+img, t = samples[0]
+per_layer = {}
+for name, m in models.items():
+    o = widgets.run_model(m, img, aux=False)
+    per_layer[name] = [widgets.topk_candidates(o, layer=l) for l in range(len(o["o2o"]))]
+viz.plot_topk_per_layer(img, t["boxes"], per_layer, k=TOP_K, size=t["size"].tolist())
+
+# %% [markdown]
+# ## 3. Explore
+# Image, decoder layer, model (or both side by side) and how many top queries to draw.
+
+# %%
+panel = widgets.candidates_panel(models, val_ds, indices=range(N_IMAGES), k=TOP_K)
+panel
+
+# %% [markdown]
+# ## 4. Candidate quality per decoder layer, over the validation set
+# `analysis.candidate_quality_over_loader` measures, class-agnostically and per layer: the
+# best IoU any query reaches per GT, how many queries overlap each GT at IoU 0.5 / 0.7, the
+# recall of the top-20 queries, and the duplicates among confident queries. Expect MS-DETR
+# higher on the first rows (more good candidates per object), while duplicates stay low:
+# that is the o2o head's job, and it is still there.
+
+# %%
+from torch.utils.data import DataLoader
+from msdetr_lite import analysis
+from msdetr_lite.data import collate
+
+loader = DataLoader(val_ds, batch_size=8, collate_fn=collate)
+stats = {name: analysis.candidate_quality_over_loader(m, loader, "cpu", topk=TOP_K, max_batches=STAT_BATCHES,
+                                                      progress=False)
+         for name, m in models.items()}
+viz.recolor_by_scheme(analysis.plot_candidate_quality(stats))
+
+# %%
+rows = [{"model": name, "layer": l + 1, **{k: round(v, 3) for k, v in layer.items()}}
+        for name, st in stats.items() for l, layer in enumerate(st["layers"])]
+print(f"{stats['ms']['num_images']} images, {stats['ms']['num_gt']} GT boxes")
+display(Markdown(viz.markdown_table(rows)))
