@@ -8,6 +8,9 @@ COCOeval, an area range without any ground truth gives -1 for its APs / ARs.
 
 Detections come from `postprocess` (top-k (query, class) pairs by sigmoid score, no NMS), boxes
 scaled to the *original* image size, because COCO's ground truth lives in the file's pixels.
+`evaluate(..., nms_iou=0.7)` also scores every layer after class-wise NMS: the gap between the
+two is what duplicates cost (MS-DETR's o2m branch makes more of them, its o2o branch must learn
+to suppress them).
 """
 from __future__ import annotations
 
@@ -120,35 +123,51 @@ def _dist_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+# The duplicate count of analysis.image_candidate_stats, with its defaults: confident queries
+# (max class score > 0.3) landing at IoU >= 0.5 on a GT already claimed by a higher-scored one.
+DUP_SCORE_THRESH, DUP_IOU = 0.3, 0.5
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: Union[str, torch.device],
              layers: Union[str, int, Sequence[int]] = "all", max_dets: int = 100,
-             progress: bool = True, per_class: bool = False) -> dict:
+             progress: bool = True, per_class: bool = False, nms_iou: Optional[float] = None) -> dict:
     """COCO AP of the model's o2o predictions on `loader` (batches from `collate`).
 
     loader.dataset: a CocoDetection (or Subset(s) of one): its `coco` is the ground truth and
         its `label_to_cat_id` maps contiguous labels back to category ids.
     layers: "all" (every decoder layer), "final", or decoder layer indices.
+    nms_iou: also score every layer after class-wise NMS at this IoU (postprocess's nms_iou).
+        The headline numbers stay NMS-free, as the detector is meant to run; the difference
+        says how much AP the model loses to duplicates.
     Returns {"final": metrics of the last decoder layer, "layers": [metrics per requested layer],
-    "layer_ids": [the layers' indices], "num_images": images evaluated}; metrics as `coco_eval`.
+    "layer_ids": [the layers' indices], "num_images": images evaluated,
+    "duplicates": {"per_image": [mean duplicates per image, per requested layer],
+    "score_thresh", "dup_iou"} (the count of analysis.image_candidate_stats), and with nms_iou
+    "nms": {"iou", "final", "layers"}}; metrics as `coco_eval`.
 
     Under torch.distributed (e.g. with a DistributedSampler) every rank runs its share, the
     detections are gathered (all_gather_object) and de-duplicated per image (the sampler pads
     with repeats), rank 0 evaluates and the result is broadcast, so all ranks return it.
     """
+    from .analysis import image_candidate_stats
+
+    if nms_iou is not None and not 0.0 < float(nms_iou) <= 1.0:
+        raise ValueError(f"nms_iou must be None (no NMS) or an IoU in (0, 1], got {nms_iou!r}")
     ds = base_dataset(loader.dataset)
     if not (hasattr(ds, "coco") and hasattr(ds, "label_to_cat_id")):
         raise TypeError(f"evaluate needs a COCO-style dataset with .coco and .label_to_cat_id "
                         f"(e.g. CocoDetection), got {type(ds).__name__}")
     distributed = _dist_ready()
     rank = dist.get_rank() if distributed else 0
+    variants = [None] if nms_iou is None else [None, float(nms_iou)]
 
     was_training = model.training
     model.eval()
     layer_ids: Optional[list[int]] = None
     computed: list[int] = []
-    # image_id -> one list of COCO dicts per computed layer
-    per_image: dict[int, list[list[dict]]] = {}
+    # image_id -> {"dets": [variant][computed layer] -> COCO dicts, "dups": [computed layer] -> count}
+    per_image: dict[int, dict] = {}
     try:
         for images, masks, targets in tqdm(loader, desc="eval", disable=not progress or rank != 0,
                                            leave=False):
@@ -158,10 +177,16 @@ def evaluate(model: torch.nn.Module, loader, device: Union[str, torch.device],
                 layer_ids = _resolve_layers(layers, n_layers)
                 computed = sorted(set(layer_ids) | {n_layers - 1})
             sizes = torch.stack([t["orig_size"] for t in targets]).to(outputs["o2o"][-1]["boxes"].device)
-            per_layer = [postprocess(outputs, sizes, k=max_dets, layer=l) for l in computed]
+            per_variant = [[postprocess(outputs, sizes, k=max_dets, layer=l, nms_iou=v) for l in computed]
+                           for v in variants]
             for b, t in enumerate(targets):
-                per_image[int(t["image_id"])] = [
-                    detections_to_coco(dets[b], t["image_id"], ds.label_to_cat_id) for dets in per_layer]
+                gt = t["boxes"].to(outputs["o2o"][-1]["boxes"].device)
+                per_image[int(t["image_id"])] = {
+                    "dets": [[detections_to_coco(dets[b], t["image_id"], ds.label_to_cat_id) for dets in per_layer]
+                             for per_layer in per_variant],
+                    "dups": [image_candidate_stats(outputs["o2o"][l]["logits"][b], outputs["o2o"][l]["boxes"][b], gt,
+                                                   score_thresh=DUP_SCORE_THRESH, dup_iou=DUP_IOU)["duplicates"]
+                             for l in computed]}
     finally:
         model.train(was_training)
 
@@ -170,28 +195,36 @@ def evaluate(model: torch.nn.Module, loader, device: Union[str, torch.device],
         dist.all_gather_object(gathered, (per_image, layer_ids, computed))
         result = [None]
         if rank == 0:
-            merged: dict[int, list[list[dict]]] = {}
+            merged: dict[int, dict] = {}
             for part, ids, comp in gathered:
                 merged.update(part)               # repeats of one image carry equal detections
                 if ids is not None:
                     layer_ids, computed = ids, comp
-            result[0] = _score(ds.coco, merged, layer_ids, computed, max_dets, per_class)
+            result[0] = _score(ds.coco, merged, layer_ids, computed, max_dets, per_class, variants)
         dist.broadcast_object_list(result, src=0)
         return result[0]
-    return _score(ds.coco, per_image, layer_ids, computed, max_dets, per_class)
+    return _score(ds.coco, per_image, layer_ids, computed, max_dets, per_class, variants)
 
 
 def _score(coco_gt: COCO, per_image: dict, layer_ids: Optional[list[int]], computed: list[int],
-           max_dets: int, per_class: bool) -> dict:
+           max_dets: int, per_class: bool, variants: list[Optional[float]]) -> dict:
     if layer_ids is None:
         raise ValueError("evaluate: the loader yielded no batches")
     img_ids = sorted(per_image)
-    by_layer = {}
-    for j, l in enumerate(computed):
-        dets = [d for i in img_ids for d in per_image[i][j]]
-        by_layer[l] = coco_eval(coco_gt, dets, img_ids=img_ids, max_dets=max_dets, per_class=per_class)
-    return {"final": by_layer[computed[-1]], "layers": [by_layer[l] for l in layer_ids],
-            "layer_ids": list(layer_ids), "num_images": len(img_ids)}
+    scored = []
+    for v in range(len(variants)):
+        by_layer = {}
+        for j, l in enumerate(computed):
+            dets = [d for i in img_ids for d in per_image[i]["dets"][v][j]]
+            by_layer[l] = coco_eval(coco_gt, dets, img_ids=img_ids, max_dets=max_dets, per_class=per_class)
+        scored.append({"final": by_layer[computed[-1]], "layers": [by_layer[l] for l in layer_ids]})
+    dups = {l: sum(per_image[i]["dups"][j] for i in img_ids) / len(img_ids) for j, l in enumerate(computed)}
+    out = {**scored[0], "layer_ids": list(layer_ids), "num_images": len(img_ids),
+           "duplicates": {"per_image": [dups[l] for l in layer_ids], "score_thresh": DUP_SCORE_THRESH,
+                          "dup_iou": DUP_IOU}}
+    if len(variants) > 1:
+        out["nms"] = {"iou": variants[1], **scored[1]}
+    return out
 
 
 def format_metrics(metrics: dict, keys: Sequence[str] = ("AP", "AP50", "AP75", "APs", "APm", "APl")) -> str:
