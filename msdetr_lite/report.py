@@ -3,8 +3,7 @@
     compare_runs(["runs/ms", "runs/o2o"], "runs/compare")   # PNGs + summary.{json,md}
     run_demo("runs/demo", epochs=6)                          # data, two trainings, report.md
 
-A run directory is what `engine.train` writes: config.json, metrics.jsonl (records of type
-"step" and "epoch") and eval.json (final AP per decoder layer).
+Runs are read by `msdetr_lite.runs` (config.json, metrics.jsonl, eval.json).
 """
 from __future__ import annotations
 
@@ -14,57 +13,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-BRANCHES = ("o2o", "o2m", "enc")
+from .runs import Run, load_run, loss_value
+
 AP_KEYS = ("AP", "AP50", "AP75")
 
 
-# ---------------------------------------------------------------- reading runs
-def load_run(run_dir: str | Path) -> dict:
-    """{"dir", "name", "config", "steps": [step records], "epochs": [epoch records], "eval": eval.json or None}."""
-    run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: not a training run directory")
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    ev = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
-    return {"dir": str(run_dir), "name": run_dir.name, "config": config, "eval": ev,
-            "steps": [r for r in records if r.get("type") == "step"],
-            "epochs": [r for r in records if r.get("type") == "epoch"]}
-
-
-def branch_total(losses: dict, branch: str, layer: Optional[int] = None, kind: Optional[str] = None) -> Optional[float]:
-    """Sum of the loss terms `loss_{kind}_{branch}[_{layer}]` (kind None = cls+bbox+giou; layer
-    None = all layers; a negative layer counts from the last). None if the run has no such term."""
-    parsed = []
-    for name, value in losses.items():
-        parts = name.split("_")                      # loss, kind, branch[, layer]
-        if len(parts) < 3 or parts[0] != "loss" or parts[2] != branch:
-            continue
-        if kind is not None and parts[1] != kind:
-            continue
-        parsed.append((int(parts[3]) if len(parts) > 3 else None, value))
-    if not parsed:
-        return None
-    if layer is not None:
-        layers = sorted({l for l, _ in parsed if l is not None})
-        if not layers:
-            return None
-        want = layers[layer] if layer < 0 else layer
-        parsed = [(l, v) for l, v in parsed if l == want]
-    return float(sum(v for _, v in parsed)) if parsed else None
-
-
-def _label(run: dict) -> str:
-    sup = run["config"].get("model", {}).get("supervision")
-    return f"{run['name']} ({sup})" if sup and sup not in run['name'] else run['name']
-
-
-def _step_x(run: dict) -> list[float]:
-    """Step records on an epoch axis: epoch - 1 + (iter + 1) / steps of that epoch."""
-    steps_in = {r["epoch"]: r["steps"] for r in run["epochs"]}
-    fallback = max((r["iter"] + 1 for r in run["steps"]), default=1)
-    return [r["epoch"] - 1 + (r["iter"] + 1) / steps_in.get(r["epoch"], fallback) for r in run["steps"]]
+def _label(run: Run) -> str:
+    sup = run.supervision
+    return f"{run.name} ({sup})" if sup and sup not in run.name else run.name
 
 
 def _fmt(v, scale=100.0, digits=1) -> str:
@@ -74,7 +30,7 @@ def _fmt(v, scale=100.0, digits=1) -> str:
 
 
 # ---------------------------------------------------------------- plots
-def plot_loss_curves(runs: Sequence[dict], path: str | Path):
+def plot_loss_curves(runs: Sequence[Run], path: str | Path):
     """Panels: total o2o / o2m / encoder loss (all layers), and the final layer's o2o class, L1
     and GIoU losses (the paper's Fig. 2). Thin lines: logged steps; markers: epoch means."""
     from matplotlib.figure import Figure
@@ -87,13 +43,13 @@ def plot_loss_curves(runs: Sequence[dict], path: str | Path):
         for i, run in enumerate(runs):
             color = f"C{i}"
             xs, ys = [], []
-            for x, r in zip(_step_x(run), run["steps"]):
-                v = branch_total(r["losses"], branch, layer, kind)
+            for x, r in zip(run.step_epochs(), run.steps):
+                v = loss_value(r["losses"], branch, kind, layer)
                 if v is not None:
                     xs.append(x), ys.append(v)
             if xs:
                 ax.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8)
-            ex = [(r["epoch"], branch_total(r["losses"], branch, layer, kind)) for r in run["epochs"]]
+            ex = [(r["epoch"], loss_value(r["losses"], branch, kind, layer)) for r in run.epochs]
             ex = [(e, v) for e, v in ex if v is not None]
             if ex:
                 ax.plot(*zip(*ex), color=color, marker="o", label=_label(run))
@@ -110,14 +66,14 @@ def plot_loss_curves(runs: Sequence[dict], path: str | Path):
     return fig
 
 
-def plot_ap_per_epoch(runs: Sequence[dict], path: str | Path, key: str = "AP"):
+def plot_ap_per_epoch(runs: Sequence[Run], path: str | Path, key: str = "AP"):
     """One panel per run: `key` vs epoch for every decoder layer; a last panel overlays the
     final layer of all runs."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(4 * (len(runs) + 1), 3.6), layout="constrained")
     axes = fig.subplots(1, len(runs) + 1, squeeze=False)[0]
     for i, (ax, run) in enumerate(zip(axes, runs)):
-        evals = [(r["epoch"], r["eval"]) for r in run["epochs"] if r.get("eval")]
+        evals = run.epoch_evals()
         n_layers = max((len(e["layers"]) for _, e in evals), default=0)
         for l in range(n_layers):
             pts = [(ep, 100 * e["layers"][l][key]) for ep, e in evals if l < len(e["layers"])]
@@ -133,13 +89,13 @@ def plot_ap_per_epoch(runs: Sequence[dict], path: str | Path, key: str = "AP"):
     return fig
 
 
-def plot_ap_per_layer(runs: Sequence[dict], path: str | Path, key: str = "AP"):
+def plot_ap_per_layer(runs: Sequence[Run], path: str | Path, key: str = "AP"):
     """Final `key` of every decoder layer (from eval.json), one line per run."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(5, 3.6), layout="constrained")
     ax = fig.subplots()
     for i, run in enumerate(runs):
-        ev = run["eval"] or (run["epochs"][-1].get("eval") if run["epochs"] else None)
+        ev = run.final_eval()
         if not ev:
             continue
         ys = [100 * l[key] for l in ev["layers"]]
@@ -175,19 +131,18 @@ def _save(fig, path):
 
 
 # ---------------------------------------------------------------- tables
-def summarize_run(run: dict) -> dict:
+def summarize_run(run: Run) -> dict:
     """Final APs (x1 fractions), AP per layer, time per epoch and peak memory of a run."""
-    ev = run["eval"] or (run["epochs"][-1].get("eval") if run["epochs"] else None) or {}
-    times = [r["epoch_time"] for r in run["epochs"]]
-    mems = [r.get("peak_mem_mb") for r in run["epochs"] if r.get("peak_mem_mb") is not None]
+    ev = run.final_eval() or {}
+    times = [r["epoch_time"] for r in run.epochs]
+    mems = [r.get("peak_mem_mb") for r in run.epochs if r.get("peak_mem_mb") is not None]
     final = ev.get("final", {})
-    return {"name": run["name"], "dir": run["dir"], "label": _label(run),
-            "supervision": run["config"].get("model", {}).get("supervision"),
-            "epochs": len(run["epochs"]), **{k: final.get(k) for k in AP_KEYS},
+    return {"name": run.name, "dir": str(run.dir), "label": _label(run), "supervision": run.supervision,
+            "epochs": len(run.epochs), **{k: final.get(k) for k in AP_KEYS},
             "AP_per_layer": [l.get("AP") for l in ev.get("layers", [])],
             "time_per_epoch_s": sum(times) / len(times) if times else None,
             "peak_mem_mb": max(mems) if mems else None,
-            "peak_mem_kind": run["epochs"][-1].get("peak_mem_kind") if run["epochs"] else None}
+            "peak_mem_kind": run.epochs[-1].get("peak_mem_kind") if run.epochs else None}
 
 
 def markdown_table(summaries: Sequence[dict]) -> str:
@@ -209,12 +164,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path,
     comparing the runs side by side; returns {"summaries": [...], "files": [...]}."""
     if not run_dirs:
         raise ValueError("compare needs at least one run directory")
-    runs = [load_run(d) for d in run_dirs]
-    if labels:
-        if len(labels) != len(runs):
-            raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
-        for run, label in zip(runs, labels):
-            run["name"] = label
+    if labels and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    runs = [load_run(d, name=labels[i] if labels else None) for i, d in enumerate(run_dirs)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "loss_curves.png", out / "ap_per_epoch.png", out / "ap_per_layer.png"]

@@ -34,6 +34,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from torchvision.ops import box_convert
 
+from .runs import LOSS_TERMS, Run, as_run
+
+RunLike = Union[Run, Sequence[Mapping]]       # a run, or its metrics.jsonl records
+
 # ---------------------------------------------------------------- the palette
 GT_COLOR = "#2ca02c"          # green
 O2O_COLOR = "#1f77b4"         # blue
@@ -50,7 +54,6 @@ SCHEME_LABELS = {"o2o": "o2o baseline (Deformable-DETR++)", "ms": "MS-DETR (o2o 
 # feature levels of the deformable attention, fine (stride 8) to coarse (stride 64)
 LEVEL_COLORS = ("#fde725", "#35b779", "#31688e", "#440154")
 LEVEL_STRIDES = (8, 16, 32, 64)
-LOSS_TERMS = ("cls", "bbox", "giou")
 LOSS_TITLES = {"cls": "classification (focal)", "bbox": "box L1", "giou": "GIoU"}
 
 __all__ = [
@@ -59,7 +62,7 @@ __all__ = [
     "to_numpy_image", "boxes_to_pixels", "new_figure", "show_image", "draw_boxes", "count_boxes",
     "draw_boxes_tv", "plot_samples", "plot_detections", "plot_assignment", "plot_score_matrix",
     "plot_deformable_attention", "plot_attention_layers", "attention_heatmap", "plot_candidates", "plot_topk_comparison",
-    "plot_topk_per_layer", "loss_series", "plot_loss_curves", "plot_total_loss", "plot_ap_curves",
+    "plot_topk_per_layer", "plot_loss_curves", "plot_total_loss", "plot_ap_curves",
     "plot_ap_per_layer", "plot_backend_timings", "recolor_by_scheme", "markdown_table", "fig_to_png", "save_thumbnail",
 ]
 
@@ -579,43 +582,12 @@ def plot_topk_per_layer(image, gt_boxes, per_model_layers: Mapping[str, Sequence
 
 
 # ---------------------------------------------------------------- training curves
-def _loss_key_layers(losses: Mapping, term: str, branch: str) -> list[int]:
-    prefix = f"loss_{term}_{branch}_"
-    return sorted(int(k[len(prefix):]) for k in losses if k.startswith(prefix) and k[len(prefix):].isdigit())
-
-
-def loss_series(records: Sequence[Mapping], term: str, branch: str, layer: Union[int, str] = "last",
-                x: str = "step") -> tuple[list, list]:
-    """(xs, ys) of one loss term of one branch from metrics.jsonl records (engine format).
-
-    term: cls | bbox | giou | total (the summed `loss`); branch: o2o | o2m | enc.
-    layer: "last" (the final prediction), "sum" (all decoder layers) or a layer index.
-    x: "step" (logged step records) or "epoch" (epoch means). Empty lists if absent.
-    """
-    kind = "step" if x == "step" else "epoch"
-    xs, ys = [], []
-    for rec in records:
-        if rec.get("type") != kind:
-            continue
-        losses = rec.get("losses") or {}
-        if term == "total":
-            val = losses.get("loss")
-        elif branch == "enc":
-            val = losses.get(f"loss_{term}_enc")
-        else:
-            layers = _loss_key_layers(losses, term, branch)
-            if not layers:
-                continue
-            if layer == "sum":
-                val = sum(losses[f"loss_{term}_{branch}_{l}"] for l in layers)
-            else:
-                l = layers[-1] if layer == "last" else int(layer)
-                val = losses.get(f"loss_{term}_{branch}_{l}")
-        if val is None:
-            continue
-        xs.append(rec["step"] if kind == "step" else rec["epoch"])
-        ys.append(float(val))
-    return xs, ys
+def _layer_name(layer: Optional[int]) -> str:
+    if layer is None:
+        return "all layers"
+    if layer == -1:
+        return "final layer"
+    return f"layer {layer + 1}" if layer >= 0 else f"layer {layer} from the end"
 
 
 def _smooth(ys: Sequence[float], window: int) -> list[float]:
@@ -630,29 +602,31 @@ def _smooth(ys: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], branches: Sequence[str] = ("o2o", "o2m"),
-                     terms: Sequence[str] = LOSS_TERMS, layer: Union[int, str] = "last", x: str = "step",
+def plot_loss_curves(histories: Mapping[str, RunLike], branches: Sequence[str] = ("o2o", "o2m"),
+                     terms: Sequence[str] = LOSS_TERMS, layer: Optional[int] = -1, x: str = "step",
                      smooth: int = 5, title: Optional[str] = None) -> Figure:
     """Loss curves per branch (rows) and term (columns), one line per model (colour and line style
     of its scheme: the o2o baseline dashed, MS-DETR solid, as in the paper's Fig. 2).
 
-    histories: {scheme name: metrics.jsonl records}. Losses are the weighted terms the engine
-    logs. For `hybrid` / `group` the o2m row holds their extra queries' (one-to-one) losses.
+    histories: {scheme name: a `runs.Run` (or its metrics.jsonl records)}. Losses are the
+    weighted terms the engine logs. layer: decoder layer (-1 = final, None = all layers summed).
+    x: "step" (logged steps) or "epoch" (epoch means). For `hybrid` / `group` the o2m row holds
+    their extra queries' (one-to-one) losses.
     """
     fig, axes = new_figure(len(branches), len(terms), (3.6, 2.7), extra_height=0.4)
     for r, branch in enumerate(branches):
         for c, term in enumerate(terms):
             ax = axes[r, c]
             drawn = 0
-            for name, recs in histories.items():
-                xs, ys = loss_series(recs, term, branch, layer, x)
+            for name, run in histories.items():
+                xs, ys = as_run(run, name).loss(branch, term, layer, per=x)
                 if not xs:
                     continue
                 ax.plot(xs, _smooth(ys, smooth if x == "step" else 1), color=scheme_color(name),
                         linestyle=_scheme_style(name), linewidth=1.6, label=name,
                         marker="o" if len(xs) < 8 else None, markersize=3)
                 drawn += 1
-            where = {"last": "final layer", "sum": "all layers"}.get(layer, f"layer {layer}") if branch != "enc" else ""
+            where = _layer_name(layer) if branch != "enc" else ""
             ax.set_title(f"{branch} branch: {LOSS_TITLES.get(term, term)}" + (f" ({where})" if where else ""),
                          fontsize=9, color=BRANCH_COLORS.get(branch, "black"))
             ax.set_xlabel(x)
@@ -666,15 +640,16 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], branches: Seque
     return fig
 
 
-def plot_total_loss(records: Sequence[Mapping], name: str = "ms", smooth: int = 5) -> Figure:
+def plot_total_loss(run: RunLike, name: str = "ms", smooth: int = 5) -> Figure:
     """The summed training loss and the final layer's o2o / o2m terms of one run, per step."""
+    run = as_run(run, name)
     fig, axes = new_figure(1, 2, (4.6, 3.0), extra_height=0.3)
-    xs, ys = loss_series(records, "total", "o2o", x="step")
+    xs, ys = run.loss()
     axes[0, 0].plot(xs, _smooth(ys, smooth), color=scheme_color(name), marker="o" if len(xs) < 8 else None)
     axes[0, 0].set_title("total loss (all branches and layers)", fontsize=9)
     for branch in ("o2o", "o2m"):
         for term, style in (("cls", "-"), ("giou", ":")):
-            bx, by = loss_series(records, term, branch, x="step")
+            bx, by = run.loss(branch, term, -1)
             if bx:
                 axes[0, 1].plot(bx, _smooth(by, smooth), color=BRANCH_COLORS[branch], linestyle=style,
                                 label=f"{branch} {term}")
@@ -687,16 +662,13 @@ def plot_total_loss(records: Sequence[Mapping], name: str = "ms", smooth: int = 
     return fig
 
 
-def _epoch_evals(records: Sequence[Mapping]) -> list[tuple[int, Mapping]]:
-    return [(r["epoch"], r["eval"]) for r in records if r.get("type") == "epoch" and r.get("eval")]
-
-
-def plot_ap_curves(histories: Mapping[str, Sequence[Mapping]], metrics: Sequence[str] = ("AP", "AP50")) -> Figure:
-    """COCO AP (x100) of the final decoder layer per epoch, one line per model."""
+def plot_ap_curves(histories: Mapping[str, RunLike], metrics: Sequence[str] = ("AP", "AP50")) -> Figure:
+    """COCO AP (x100) of the final decoder layer per epoch, one line per model ({name: `runs.Run`
+    or its records})."""
     fig, axes = new_figure(1, len(metrics), (4.2, 3.0), extra_height=0.3)
     for ax, metric in zip(axes[0], metrics):
-        for name, recs in histories.items():
-            ev = _epoch_evals(recs)
+        for name, run in histories.items():
+            ev = as_run(run, name).epoch_evals()
             if ev:
                 ax.plot([e for e, _ in ev], [100 * m["final"][metric] for _, m in ev], color=scheme_color(name),
                         linestyle=_scheme_style(name), marker="o", label=name)

@@ -4,7 +4,7 @@
     path = zoo.get_checkpoint("ms")                 # trains on first use, then returns the cache
     model, cfg = zoo.load_model("ms")
     zoo.list_checkpoints("ms")                      # [("init", .../epoch_0.pth), ("epoch 1", ...), ...]
-    zoo.history("ms"), zoo.evaluation("ms")         # metrics.jsonl records, eval.json
+    zoo.history("ms"), zoo.evaluation("ms")         # the run (msdetr_lite.runs.Run), its eval.json
 
 Runs live in `runs/notebooks/{fast|full}/{name}/` under the repository root (or under
 $MSDETR_ZOO_DIR), so every notebook, whatever its working directory, finds what an earlier one
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .config import SUPERVISIONS, Config, apply_overrides, preset
+from .runs import Run, load_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ZOO_ENV = "MSDETR_ZOO_DIR"
@@ -225,15 +226,17 @@ def load_model(supervision: str = "ms", fast: Optional[bool] = None, epoch: Opti
                                       device=device)
 
 
-def history(supervision: str = "ms", fast: Optional[bool] = None, overrides: Sequence[str] = ()) -> list[dict]:
-    """The run's metrics.jsonl records (engine format: "step" and "epoch" records)."""
-    path = run_dir(supervision, fast, overrides) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def history(supervision: str = "ms", fast: Optional[bool] = None, overrides: Sequence[str] = ()) -> Run:
+    """The run as `msdetr_lite.runs` reads it: config, step and epoch records, eval, loss series."""
+    return load_run(run_dir(supervision, fast, overrides), name=supervision)
 
 
 def evaluation(supervision: str = "ms", fast: Optional[bool] = None, overrides: Sequence[str] = ()) -> dict:
     """The run's eval.json: final AP per decoder layer ("final", "layers", "layer_ids", ...)."""
-    return json.loads((run_dir(supervision, fast, overrides) / "eval.json").read_text())
+    run = history(supervision, fast, overrides)
+    if run.eval is None:
+        raise FileNotFoundError(f"{run.dir} has no eval.json: its training did not finish")
+    return run.eval
 
 
 def efficiency_rows(schemes: Sequence[str], fast: Optional[bool] = None, overrides: Sequence[str] = ()) -> list[dict]:
@@ -244,8 +247,8 @@ def efficiency_rows(schemes: Sequence[str], fast: Optional[bool] = None, overrid
     """
     rows = []
     for s in schemes:
-        recs = history(s, fast, overrides)
-        steps = [r for r in recs if r.get("type") == "step"]
+        run = history(s, fast, overrides)
+        steps = run.steps
         times = sorted(r["step_time"] for r in steps[2:]) or sorted(r["step_time"] for r in steps)
         ev = evaluation(s, fast, overrides)
         info = run_info(s, fast, overrides) or {}
@@ -253,7 +256,7 @@ def efficiency_rows(schemes: Sequence[str], fast: Optional[bool] = None, overrid
             "scheme": s,
             "trainable params (M)": round(ev.get("trainable_params", 0) / 1e6, 2),
             "s / step (median)": round(times[len(times) // 2], 3) if times else None,
-            "peak memory (MiB)": round(max((r.get("peak_mem_mb", 0) for r in recs), default=0)),
+            "peak memory (MiB)": round(max((r.get("peak_mem_mb", 0) for r in run.records), default=0)),
             "memory kind": steps[-1].get("peak_mem_kind") if steps else None,
             "train wall time (s)": round(info.get("wall_time", float("nan")), 1),
             "AP": round(100 * ev["final"]["AP"], 2),

@@ -199,19 +199,19 @@ def test_candidates_and_fig1_grid():
     assert viz.count_boxes(per_layer, "candidate") == 4 * 5
 
 
-def test_loss_series_variants():
-    recs = _records()["ms"]
-    xs, ys = viz.loss_series(recs, "cls", "o2o", layer="last")
-    assert xs == list(range(1, 13)) and ys[0] == pytest.approx(1.0 + 1)
-    _, ys_sum = viz.loss_series(recs, "cls", "o2o", layer="sum")
-    assert ys_sum[0] == pytest.approx(2.0 + 1)
-    xe, _ = viz.loss_series(recs, "giou", "o2m", x="epoch")
-    assert xe == [1, 2, 3]
-    assert viz.loss_series(_records()["o2o"], "cls", "o2m") == ([], [])
-    _, tot = viz.loss_series(recs, "total", "o2o")
-    assert tot[1] == pytest.approx(5.0)
-    _, enc = viz.loss_series(recs, "bbox", "enc")
-    assert enc[0] == 0.5
+def test_loss_plots_take_runs_or_records():
+    """The curves come from msdetr_lite.runs: a Run and its bare records draw the same lines."""
+    from msdetr_lite.runs import Run
+    recs = _records()
+    from_runs = viz.plot_loss_curves({s: Run.from_records(r, name=s) for s, r in recs.items()}, x="epoch")
+    from_recs = viz.plot_loss_curves(recs, x="epoch")
+    for a, b in zip(from_runs.axes, from_recs.axes):
+        assert [list(l.get_ydata()) for l in a.get_lines()] == [list(l.get_ydata()) for l in b.get_lines()]
+    first = from_runs.axes[0].get_lines()[0]
+    assert list(first.get_xdata()) == [1, 2, 3] and first.get_ydata()[0] == pytest.approx(1 / 4 + 1)
+    summed = viz.plot_loss_curves(recs, branches=("o2o",), layer=None, x="epoch")
+    assert summed.axes[0].get_lines()[0].get_ydata()[0] == pytest.approx(2 / 4 + 1)
+    assert "all layers" in summed.axes[0].get_title()
 
 
 def test_plot_loss_curves_one_line_per_model_and_branch():

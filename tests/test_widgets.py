@@ -312,8 +312,8 @@ def test_zoo_trains_once_and_caches(tmp_path, monkeypatch):
         zoo.get_checkpoint("ms", fast=True, epoch=7, overrides=overrides, quiet=True)
     model, cfg = zoo.load_model("ms", fast=True, epoch=0, overrides=overrides, quiet=True)
     assert cfg.model.d_model == 32 and not model.training
-    recs = zoo.history("ms", fast=True, overrides=overrides)
-    assert [r["epoch"] for r in recs if r["type"] == "epoch"] == [1, 2]
+    run_read = zoo.history("ms", fast=True, overrides=overrides)
+    assert [r["epoch"] for r in run_read.epochs] == [1, 2] and run_read.supervision == "ms"
     assert "final" in zoo.evaluation("ms", fast=True, overrides=overrides)
     row = zoo.efficiency_rows(["ms"], fast=True, overrides=overrides)[0]
     assert row["scheme"] == "ms" and row["peak memory (MiB)"] > 0 and row["s / step (median)"] > 0
