@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from msdetr_lite.data import CocoDetection, coco_from_dict, collate
+from msdetr_lite.data import CocoDetection, coco_from_dict, collate, load_coco_json
 from msdetr_lite.evaluation import coco_eval, evaluate, format_metrics
 
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 12, "name": "bird"}]
@@ -163,3 +163,55 @@ def test_evaluate_distributed_gathers_and_deduplicates(dataset, tmp_path):
     outs = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     assert outs[0] == outs[1]
     assert outs[0]["num_images"] == 3 and outs[0]["final"]["AP"] == pytest.approx(1.0)
+
+
+# --- issue 10: the ground truth is the training targets (bad boxes cleaned once, for both) -----------
+BAD_ANNS = ANNS + [
+    {"id": 8, "image_id": 5, "category_id": 3, "bbox": [100, 70, 40, 40]},          # clipped to 20 x 20
+    {"id": 9, "image_id": 6, "category_id": 7, "bbox": [10, 10, 0, 30]},            # zero width
+    {"id": 10, "image_id": 6, "category_id": 12, "bbox": [float("nan"), 1, 5, 5]},  # NaN
+    {"id": 11, "image_id": 9, "category_id": 3, "bbox": [200, 10, 10, 10]},         # outside
+    {"id": 6, "image_id": 9, "category_id": 12, "bbox": [30, 30, 40, 40]},          # repeated entry
+    {"id": 7, "image_id": 9, "category_id": 7, "bbox": [60, 5, 20, 20]},            # id shared
+    {"id": 0, "image_id": 6, "category_id": 3, "bbox": [50, 5, 30, 10]},            # id 0
+]
+
+
+@pytest.fixture(scope="module")
+def bad_box_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("badboxes")
+    (root / "img").mkdir()
+    for k, info in enumerate(IMAGES):
+        Image.new("RGB", (info["width"], info["height"]), (10 * (k + 1),) * 3).save(root / "img" / info["file_name"])
+    (root / "ann.json").write_text(json.dumps({"images": IMAGES, "annotations": BAD_ANNS, "categories": CATS}))
+    with pytest.warns(UserWarning, match=r"ann: dropped 4 boxes .* clipped 1, gave 2 annotation"):
+        return CocoDetection(root / "img", root / "ann.json")
+
+
+def target_detections(ds, score=0.9) -> list[dict]:
+    """The dataset's training targets as COCO detections, in the original image's pixels."""
+    dets = []
+    for i in range(len(ds)):
+        t = ds.raw_target(i)
+        dets += [{"image_id": ds.ids[i], "category_id": ds.label_to_cat_id[l], "score": score,
+                  "bbox": [x1, y1, x2 - x1, y2 - y1]}
+                 for l, (x1, y1, x2, y2) in zip(t["labels"].tolist(), t["boxes"].tolist())]
+    return dets
+
+
+def test_perfect_detections_on_bad_boxes_give_ap_one(bad_box_dataset):
+    ds = bad_box_dataset
+    dets = target_detections(ds)
+    assert coco_eval(ds.coco, dets)["AP"] == pytest.approx(1.0)
+    # the json as written would have scored them lower (the bug of issue 10)
+    assert coco_eval(coco_from_dict(load_coco_json(ds.ann_file)), dets)["AP"] < 0.9
+    out = evaluate(OracleModel(ds), DataLoader(ds, batch_size=2, collate_fn=collate), "cpu", progress=False)
+    assert out["final"]["AP"] == pytest.approx(1.0) and out["final"]["AR100"] == pytest.approx(1.0)
+
+
+def test_crowd_region_survives_cleaning(bad_box_dataset):
+    crowd = [a for a in bad_box_dataset.coco.dataset["annotations"] if a["iscrowd"]]
+    assert [(a["image_id"], a["bbox"]) for a in crowd] == [(5, [0, 60, 50, 25])]
+    # a confident detection on the crowd region is neither a hit nor a false positive
+    on_crowd = {"image_id": 5, "category_id": 7, "bbox": [0, 60, 50, 25], "score": 0.99}
+    assert coco_eval(bad_box_dataset.coco, target_detections(bad_box_dataset, 0.5) + [on_crowd])["AP"] == 1.0
