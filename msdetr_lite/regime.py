@@ -1,0 +1,205 @@
+"""The regime study: where does mixed supervision beat the o2o baseline, NMS-free and with NMS?
+
+MS-DETR's claim has two halves. (1) One-to-many supervision of the primary queries makes the
+decoder's *candidates* better. (2) The one-to-one branch still learns to keep one candidate per
+object, so the detector stays NMS-free. On the embedded data at the demo's budget, (1) holds and
+(2) does not: with NMS, ms beats o2o; without, it loses. The study varies one knob at a time
+around the demo's recipe and measures, per cell, scheme and seed, the final layer's AP without
+and with class-wise NMS (evaluation.evaluate(nms_iou=...)). The difference to o2o, paired by
+seed, says where each half holds.
+
+    cells = CELLS                                  # name -> Cell(overrides, question, only)
+    records = collect(root, cells, schemes, seeds) # from finished run folders
+    summary = summarize(records)                   # per cell: mean / spread per scheme, deltas
+    plot_study(summary, "regime.png")              # the figure the notebooks show
+
+bench/regime.py runs the grid (resumable: finished runs are kept) and writes JSON plus the plot.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+# The demo's recipe (`msdetr demo`): tiny preset, 4 epochs, the lr drops 10x before the last.
+BASE_OVERRIDES = ("train.epochs=4", "train.lr_drop=3")
+SCHEMES = ("o2o", "ms", "hybrid")
+NMS_IOU = 0.7
+NMS_FILE = "eval_nms.json"            # evaluate(nms_iou=NMS_IOU) of the run's final.pth
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: config overrides on top of BASE_OVERRIDES.
+
+    question: what the cell asks, in a sentence (printed in the table, shown in the notebooks).
+    only:     the schemes whose training the overrides change (None: all). Other schemes reuse
+              the runs of the `demo` cell: e.g. o2m loss weights do not touch the o2o baseline.
+    """
+    overrides: tuple[str, ...]
+    question: str
+    only: Optional[tuple[str, ...]] = None
+
+
+# One knob at a time. Ordered by how directly the knob acts on de-duplication, the half of the
+# method that fails at the demo's scale; a sitting that stops early has the most telling cells.
+CELLS: dict[str, Cell] = {
+    "demo": Cell((), "the demo's recipe: d_model 128, 8 heads, 4 decoder layers, 100 queries, 4 epochs"),
+    "tap_after_sa": Cell(("model.o2m_tap=after_sa",),
+                         "o2m tapped after self-attention (Fig. 4(d)): the o2o stream keeps the plain "
+                         "SA -> CA -> FFN order", only=("ms",)),
+    "dec6": Cell(("model.num_decoder_layers=6",), "6 decoder layers, the paper's depth: more layers to de-duplicate"),
+    "q50": Cell(("model.num_queries=50", "model.hybrid_num_queries=75"),
+                "50 queries instead of 100: fewer candidates per object to suppress"),
+    "o2m_half": Cell(("loss.cls_o2m=1.0", "loss.bbox_o2m=2.5", "loss.giou_o2m=1.0"),
+                     "o2m loss weights halved (a departure from the authors' 2 / 5 / 2)", only=("ms",)),
+    "heads4": Cell(("model.nheads=4",), "4 attention heads of 32 channels instead of 8 of 16"),
+    "ep8": Cell(("train.epochs=8", "train.lr_drop=6"), "twice the schedule: 8 epochs, lr drop after 6"),
+}
+
+
+def run_name(scheme: str, seed: int) -> str:
+    return f"{scheme}_s{seed}"
+
+
+def source_cell(cells: Mapping[str, Cell], cell: str, scheme: str) -> str:
+    """The cell whose run stands for (cell, scheme): itself, or `demo` where the cell's
+    overrides do not change that scheme's training."""
+    only = cells[cell].only
+    return cell if only is None or scheme in only else "demo"
+
+
+def run_dir(root: str | Path, cells: Mapping[str, Cell], cell: str, scheme: str, seed: int) -> Path:
+    return Path(root) / source_cell(cells, cell, scheme) / run_name(scheme, seed)
+
+
+def train_overrides(cells: Mapping[str, Cell], cell: str, scheme: str, seed: int,
+                    out_dir: str | Path) -> list[str]:
+    """The `msdetr train --preset tiny` overrides of one run."""
+    return [*BASE_OVERRIDES, *cells[source_cell(cells, cell, scheme)].overrides,
+            f"model.supervision={scheme}", f"train.seed={seed}", f"train.output_dir={out_dir}"]
+
+
+def run_record(path: str | Path) -> Optional[dict]:
+    """The numbers of one finished run folder (None while its NMS evaluation is missing):
+    AP, AP50 and AP with NMS of the final layer, per-layer APs, duplicates per image at the final
+    layer, mean seconds per epoch (from eval.json, written when the training finished)."""
+    path = Path(path)
+    if not (path / NMS_FILE).is_file() or not (path / "eval.json").is_file():
+        return None
+    ev = json.loads((path / NMS_FILE).read_text())
+    train_eval = json.loads((path / "eval.json").read_text())
+    return {"AP": ev["final"]["AP"], "AP50": ev["final"]["AP50"],
+            "AP_nms": ev["nms"]["final"]["AP"], "AP50_nms": ev["nms"]["final"]["AP50"],
+            "AP_per_layer": [m["AP"] for m in ev["layers"]],
+            "AP_nms_per_layer": [m["AP"] for m in ev["nms"]["layers"]],
+            "duplicates": ev["duplicates"]["per_image"][-1],
+            "epoch_time_s": train_eval.get("mean_epoch_time")}
+
+
+def collect(root: str | Path, cells: Mapping[str, Cell], names: Iterable[str], schemes: Sequence[str],
+            seeds: Sequence[int]) -> list[dict]:
+    """One record per (cell, scheme, seed) of `names` x `schemes` x `seeds` that has finished."""
+    out = []
+    for cell in names:
+        for scheme in schemes:
+            for seed in seeds:
+                rec = run_record(run_dir(root, cells, cell, scheme, seed))
+                if rec is not None:
+                    out.append({"cell": cell, "scheme": scheme, "seed": seed, **rec})
+    return out
+
+
+def _mean_spread(values: Sequence[float]) -> dict:
+    return {"mean": statistics.fmean(values), "spread": max(values) - min(values), "n": len(values)}
+
+
+def summarize(records: Sequence[dict]) -> list[dict]:
+    """Per cell (in record order): per scheme the mean and spread (max - min over seeds) of AP and
+    AP with NMS, and per non-o2o scheme the difference to o2o, paired by seed (only seeds where
+    both finished): {"cell", "schemes": {scheme: {"AP": {mean, spread, n}, "AP_nms": ...,
+    "duplicates": ...}}, "delta": {scheme: {"AP": {mean, spread, n}, "AP_nms": ...}}}."""
+    cells: dict[str, dict] = {}
+    for r in records:
+        cells.setdefault(r["cell"], {}).setdefault(r["scheme"], {})[r["seed"]] = r
+    out = []
+    for cell, by_scheme in cells.items():
+        entry = {"cell": cell, "schemes": {}, "delta": {}}
+        for scheme, by_seed in by_scheme.items():
+            runs = list(by_seed.values())
+            entry["schemes"][scheme] = {k: _mean_spread([r[k] for r in runs]) for k in ("AP", "AP_nms", "duplicates")}
+        base = by_scheme.get("o2o", {})
+        for scheme, by_seed in by_scheme.items():
+            seeds = sorted(set(by_seed) & set(base))
+            if scheme == "o2o" or not seeds:
+                continue
+            entry["delta"][scheme] = {k: _mean_spread([by_seed[s][k] - base[s][k] for s in seeds])
+                                      for k in ("AP", "AP_nms")}
+        out.append(entry)
+    return out
+
+
+def format_table(summary: Sequence[dict], cells: Mapping[str, Cell] = CELLS) -> str:
+    """A markdown table, AP x100: per cell and scheme, NMS-free and with NMS, and the difference to
+    o2o (mean over seeds +- half the spread)."""
+    def pm(d: Optional[dict]) -> str:
+        return "" if d is None else f"{100 * d['mean']:+.1f} +- {50 * d['spread']:.1f}"
+
+    def val(d: Optional[dict]) -> str:
+        return "" if d is None else f"{100 * d['mean']:.1f}"
+
+    lines = ["| cell | scheme | seeds | AP | AP, NMS | dup / img | AP - o2o | AP - o2o, NMS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for entry in summary:
+        for scheme, s in entry["schemes"].items():
+            d = entry["delta"].get(scheme, {})
+            lines.append(f"| {entry['cell']} | {scheme} | {s['AP']['n']} | {val(s['AP'])} | {val(s['AP_nms'])} "
+                         f"| {s['duplicates']['mean']:.1f} | {pm(d.get('AP'))} | {pm(d.get('AP_nms'))} |")
+    return "\n".join(lines)
+
+
+def plot_study(summary: Sequence[dict], path: Optional[str | Path] = None, schemes: Sequence[str] = ("ms", "hybrid")):
+    """Two panels, NMS-free and with NMS: AP of each scheme minus o2o's (x100) per cell, bars at
+    the mean over seeds, whiskers over the seeds' range; the goal line at +2 AP. Returns the figure
+    (saved to `path` when given)."""
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .viz import SCHEME_COLORS
+
+    names = [e["cell"] for e in summary]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(names) + 3), 4.2), sharey=True)
+    width = 0.8 / max(len(schemes), 1)
+    for ax, key, title in zip(axes, ("AP", "AP_nms"), ("NMS-free (as the detector runs)", f"with NMS at IoU {NMS_IOU}")):
+        for j, scheme in enumerate(schemes):
+            xs, ys, lo, hi = [], [], [], []
+            for i, e in enumerate(summary):
+                d = e["delta"].get(scheme, {}).get(key)
+                if d is None:
+                    continue
+                xs.append(i + (j - (len(schemes) - 1) / 2) * width)
+                ys.append(100 * d["mean"])
+                lo.append(50 * d["spread"])
+                hi.append(50 * d["spread"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=scheme,
+                   color=SCHEME_COLORS.get(scheme, None))
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axhline(2, color="grey", lw=0.8, ls="--")
+        ax.set_title(title, fontsize=11)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=9)
+        ax.tick_params(axis="y", labelsize=9)
+    axes[0].set_ylabel("AP - o2o AP (x100)", fontsize=10)
+    axes[0].legend(fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+__all__ = ["BASE_OVERRIDES", "CELLS", "Cell", "NMS_FILE", "NMS_IOU", "SCHEMES", "collect", "format_table",
+           "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]

@@ -1,0 +1,83 @@
+"""The regime study: bookkeeping of msdetr_lite.regime and bench/regime.py end to end at micro size."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msdetr_lite import regime
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO = ["data.train_scales=(64,)", "data.val_size=64", "data.max_size=96", "data.num_workers=0",
+         "model.num_encoder_layers=1", "model.num_decoder_layers=2", "model.d_model=32", "model.nheads=4",
+         "model.n_points=2", "model.dim_feedforward=64", "model.num_queries=20", "model.hybrid_num_queries=20",
+         "model.deform_backend=torch", "train.batch_size=2", "train.max_steps_per_epoch=1", "train.epochs=1",
+         "train.device=cpu"]
+
+
+def _fake_run(path: Path, ap: float, ap_nms: float, dups: float = 1.0) -> None:
+    path.mkdir(parents=True)
+    metrics = lambda a: {"AP": a, "AP50": min(1.0, a + 0.1)}  # noqa: E731
+    (path / "eval.json").write_text(json.dumps({"mean_epoch_time": 3.0}))
+    (path / regime.NMS_FILE).write_text(json.dumps({
+        "final": metrics(ap), "layers": [metrics(ap - 0.05), metrics(ap)],
+        "nms": {"iou": regime.NMS_IOU, "final": metrics(ap_nms), "layers": [metrics(ap_nms), metrics(ap_nms)]},
+        "duplicates": {"per_image": [2.0, dups]}}))
+
+
+def test_cells_reuse_demo_runs_only_where_the_scheme_is_untouched(tmp_path):
+    cells = regime.CELLS
+    assert regime.run_dir(tmp_path, cells, "o2m_half", "o2o", 0) == tmp_path / "demo" / "o2o_s0"
+    assert regime.run_dir(tmp_path, cells, "o2m_half", "ms", 0) == tmp_path / "o2m_half" / "ms_s0"
+    assert regime.run_dir(tmp_path, cells, "dec6", "o2o", 1) == tmp_path / "dec6" / "o2o_s1"
+    opts = regime.train_overrides(cells, "o2m_half", "o2o", 1, tmp_path / "x")
+    assert not any("o2m" in o for o in opts) and "train.seed=1" in opts and "model.supervision=o2o" in opts
+    # every cell's overrides name real config fields
+    from msdetr_lite.config import apply_overrides, preset
+    for name in cells:
+        for scheme in regime.SCHEMES:
+            apply_overrides(preset("tiny"), regime.train_overrides(cells, name, scheme, 0, tmp_path))
+
+
+def test_summary_pairs_seeds_and_reports_spread(tmp_path):
+    for seed, (o2o, ms, ms_nms) in enumerate([(0.50, 0.40, 0.62), (0.46, 0.42, 0.60)]):
+        _fake_run(tmp_path / "demo" / f"o2o_s{seed}", o2o, o2o + 0.1)
+        _fake_run(tmp_path / "demo" / f"ms_s{seed}", ms, ms_nms, dups=4.0)
+    (tmp_path / "demo" / "hybrid_s0").mkdir()          # unfinished: no record
+    records = regime.collect(tmp_path, regime.CELLS, ["demo"], ["o2o", "ms", "hybrid"], [0, 1])
+    assert len(records) == 4
+    [entry] = regime.summarize(records)
+    ms = entry["delta"]["ms"]
+    assert ms["AP"]["mean"] == pytest.approx(((0.40 - 0.50) + (0.42 - 0.46)) / 2)
+    assert ms["AP"]["spread"] == pytest.approx(0.06) and ms["AP"]["n"] == 2
+    assert ms["AP_nms"]["mean"] == pytest.approx(((0.62 - 0.60) + (0.60 - 0.56)) / 2)
+    assert entry["schemes"]["ms"]["duplicates"]["mean"] == 4.0 and "hybrid" not in entry["schemes"]
+    table = regime.format_table([entry])
+    assert "| demo | ms | 2 | 41.0 | 61.0 | 4.0 | -7.0 +- 3.0 | +3.0 +- 1.0 |" in table
+    fig = regime.plot_study([entry], tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0 and len(fig.axes) == 2
+
+
+@pytest.mark.slow
+def test_bench_regime_end_to_end_and_resumable(tmp_path):
+    from msdetr_lite.data.synthetic import generate
+    data = tmp_path / "shapes"
+    generate(data, n_train=4, n_val=2, image_size=64, seed=3)
+    cmd = [sys.executable, str(REPO / "bench" / "regime.py"), "--cells", "demo", "o2m_half", "--schemes", "o2o",
+           "ms", "--seeds", "0", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "regime.json"),
+           "--device", "cpu", f"data.root={data}", *MICRO]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    runs = sorted(p.relative_to(tmp_path / "runs").as_posix() for p in (tmp_path / "runs").glob("*/*_s0")
+                  if p.is_dir())
+    assert runs == ["demo/ms_s0", "demo/o2o_s0", "o2m_half/ms_s0"]    # o2m_half's o2o is demo's
+    out = json.loads((tmp_path / "regime.json").read_text())
+    assert [e["cell"] for e in out["summary"]] == ["demo", "o2m_half"]
+    assert set(out["summary"][1]["delta"]) == {"ms"} and (tmp_path / "regime.png").is_file()
+    assert all(0.0 <= r["AP"] <= 1.0 and 0.0 <= r["AP_nms"] <= 1.0 for r in out["runs"])
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert again.returncode == 0 and again.stdout.count(": done") == 3
