@@ -1,9 +1,11 @@
 """Build-on-first-use loader for the CUDA multi-scale deformable attention extension.
 
-The sources (``ms_deform_attn.cpp``, ``ms_deform_attn_cuda.cu`` and the headers ``ms_deform_attn.h``,
-``ms_deform_attn_kernels.cuh``) ship inside the package (pyproject's package-data) and are compiled
-by ``torch.utils.cpp_extension.load`` the first time the ``cuda`` backend is used. ``cpp_extension`` keeps the build in ``$TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``) and ninja only recompiles when a source changed, so later
+The sources (``ms_deform_attn.cpp``, ``ms_deform_attn_cuda.cu``, ``ms_deform_attn_cuda_v2.cu`` and
+the headers ``ms_deform_attn.h``, ``ms_deform_attn_kernels.cuh``, ``ms_deform_attn_v2.cuh``) ship inside
+the package (pyproject's package-data) and are compiled into one extension by
+``torch.utils.cpp_extension.load`` the first time the ``cuda`` or ``cuda_v2`` backend is used.
+``cpp_extension`` keeps the build in ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``)
+and ninja only recompiles when a source changed, so later
 processes import the cached ``.so`` in about a second; within one process the module is memoised.
 """
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 EXTENSION_NAME = "msdetr_lite_ms_deform_attn"
-SOURCES = ("ms_deform_attn.cpp", "ms_deform_attn_cuda.cu")
-HEADERS = ("ms_deform_attn.h", "ms_deform_attn_kernels.cuh")  # ninja tracks them via -MD
+SOURCES = ("ms_deform_attn.cpp", "ms_deform_attn_cuda.cu", "ms_deform_attn_cuda_v2.cu")
+HEADERS = ("ms_deform_attn.h", "ms_deform_attn_kernels.cuh", "ms_deform_attn_v2.cuh")  # ninja tracks them via -MD
 
 _lock = threading.Lock()
 _loaded: dict = {}

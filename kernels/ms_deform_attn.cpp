@@ -21,4 +21,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("value"), pybind11::arg("spatial_shapes"), pybind11::arg("level_start_index"),
         pybind11::arg("sampling_locations"), pybind11::arg("attention_weights"),
         pybind11::arg("grad_output"));
+  m.def("forward_v2", &msdetr_lite::ms_deform_attn_cuda_forward_v2,
+        "throughput kernel (16-byte channel chunks, warp-shuffle backward); arguments as forward",
+        pybind11::arg("value"), pybind11::arg("spatial_shapes"), pybind11::arg("level_start_index"),
+        pybind11::arg("sampling_locations"), pybind11::arg("attention_weights"));
+  m.def("backward_v2", &msdetr_lite::ms_deform_attn_cuda_backward_v2,
+        "throughput kernel; arguments and results as backward",
+        pybind11::arg("value"), pybind11::arg("spatial_shapes"), pybind11::arg("level_start_index"),
+        pybind11::arg("sampling_locations"), pybind11::arg("attention_weights"),
+        pybind11::arg("grad_output"));
 }

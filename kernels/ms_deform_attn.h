@@ -1,5 +1,6 @@
-// Multi-scale deformable attention, CUDA implementation: the two launchers shared by
-// ms_deform_attn_cuda.cu (kernels) and ms_deform_attn.cpp (Python binding).
+// Multi-scale deformable attention, CUDA implementation: the launchers shared by
+// ms_deform_attn_cuda.cu / ms_deform_attn_cuda_v2.cu (kernels) and ms_deform_attn.cpp (Python binding).
+// The v2 launchers (the "cuda_v2" backend) take and return exactly what the first ones do.
 //
 // Shapes (Deformable DETR conventions, all tensors contiguous and on one CUDA device):
 //   value               [N, S, M, D]     float64 / float32 / float16 / bfloat16
@@ -30,5 +31,24 @@ std::vector<at::Tensor> ms_deform_attn_cuda_backward(const at::Tensor& value,
                                                      const at::Tensor& sampling_locations,
                                                      const at::Tensor& attention_weights,
                                                      const at::Tensor& grad_output);
+
+// Throughput version (ms_deform_attn_cuda_v2.cu): same arguments and results as the two above.
+at::Tensor ms_deform_attn_cuda_forward_v2(const at::Tensor& value,
+                                          const at::Tensor& spatial_shapes,
+                                          const at::Tensor& level_start_index,
+                                          const at::Tensor& sampling_locations,
+                                          const at::Tensor& attention_weights);
+
+std::vector<at::Tensor> ms_deform_attn_cuda_backward_v2(const at::Tensor& value,
+                                                        const at::Tensor& spatial_shapes,
+                                                        const at::Tensor& level_start_index,
+                                                        const at::Tensor& sampling_locations,
+                                                        const at::Tensor& attention_weights,
+                                                        const at::Tensor& grad_output);
+
+// TORCH_CHECKs of device, contiguity, rank and dtype shared by every launcher.
+void check_cuda_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                       const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                       const at::Tensor& attention_weights);
 
 }  // namespace msdetr_lite

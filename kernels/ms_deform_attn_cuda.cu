@@ -82,10 +82,13 @@ int blocks_for(int64_t work) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), kMaxBlocks));
 }
 
+}  // namespace
+
 // Defensive checks; the Python wrapper (msdetr_lite.ops) already raised readable ValueErrors.
-void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                  const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                  const at::Tensor& attention_weights) {
+// Shared with ms_deform_attn_cuda_v2.cu (declared in ms_deform_attn.h).
+void check_cuda_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                       const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                       const at::Tensor& attention_weights) {
   TORCH_CHECK(value.is_cuda(), "value must be a CUDA tensor");
   TORCH_CHECK(value.dim() == 4, "value must be [N, S, M, D]");
   TORCH_CHECK(sampling_locations.dim() == 6, "sampling_locations must be [N, Lq, M, L, P, 2]");
@@ -103,14 +106,12 @@ void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
               "sampling_locations and attention_weights must have the dtype of value");
 }
 
-}  // namespace
-
 at::Tensor ms_deform_attn_cuda_forward(const at::Tensor& value,
                                        const at::Tensor& spatial_shapes,
                                        const at::Tensor& level_start_index,
                                        const at::Tensor& sampling_locations,
                                        const at::Tensor& attention_weights) {
-  check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_cuda_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const c10::cuda::CUDAGuard guard(value.device());
   const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
   const int64_t Lq = sampling_locations.size(1), L = sampling_locations.size(3),
@@ -136,7 +137,7 @@ std::vector<at::Tensor> ms_deform_attn_cuda_backward(const at::Tensor& value,
                                                      const at::Tensor& sampling_locations,
                                                      const at::Tensor& attention_weights,
                                                      const at::Tensor& grad_output) {
-  check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_cuda_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   TORCH_CHECK(grad_output.is_contiguous() && grad_output.device() == value.device() &&
                   grad_output.scalar_type() == value.scalar_type(),
               "grad_output must be contiguous, on the device and of the dtype of value");

@@ -34,15 +34,17 @@ struct MSDAShape {
 MSDA_HOST_DEVICE float floor_(float v) { return floorf(v); }
 MSDA_HOST_DEVICE double floor_(double v) { return ::floor(v); }
 
-// Where a normalised location lands on an H x W map. Returns false when none of the four
-// neighbours is inside the map (then the sample is exactly zero); the negated comparison also
-// rejects NaN, and it keeps the float -> int conversion below in range for huge coordinates.
+// Where a normalised location lands on an H x W map. Returns false when no neighbour inside the
+// map contributes to the sample or to its gradient (then both are exactly zero). x == -1 is kept:
+// there the column x = 0 has weight 0 but the slope d(weight)/dx = 1, and grid_sample's gradient
+// is nonzero (likewise y == -1). The negated comparison also rejects NaN, and it keeps the
+// float -> int conversion below in range for huge coordinates.
 template <typename acc_t>
 MSDA_HOST_DEVICE bool locate(acc_t loc_x, acc_t loc_y, int64_t H, int64_t W, int64_t& x0, int64_t& y0,
                              acc_t& lx, acc_t& ly) {
   const acc_t x = loc_x * static_cast<acc_t>(W) - acc_t(0.5);
   const acc_t y = loc_y * static_cast<acc_t>(H) - acc_t(0.5);
-  if (!(x > acc_t(-1) && y > acc_t(-1) && x < static_cast<acc_t>(W) && y < static_cast<acc_t>(H))) {
+  if (!(x >= acc_t(-1) && y >= acc_t(-1) && x < static_cast<acc_t>(W) && y < static_cast<acc_t>(H))) {
     return false;
   }
   const acc_t xf = floor_(x);

@@ -21,6 +21,10 @@ Backends:
            bfloat16 inputs are computed in float32 and the result cast back).
 ``cuda``   our CUDA extension (``kernels/ms_deform_attn_cuda.cu``), built on first use; float64,
            float32, float16 and bfloat16 (float32 accumulation).
+``cuda_v2`` the throughput rewrite in the same extension (``kernels/ms_deform_attn_cuda_v2.cu``: 16-byte
+           channel chunks, warp-shuffle gradient sums, vector atomics on sm_90), same contract and
+           dtypes. Opt-in only (``backend="cuda_v2"``, or ``model.deform_backend=cuda_v2``) until a GPU
+           measurement (bench/gpu_check.sh) shows it faster than ``cuda``.
 ``auto``   cuda for CUDA tensors, numba on the CPU; if that backend cannot be loaded (numba missing,
            no nvcc, build error) it warns once and uses ``torch``. Asking for ``numba`` or ``cuda``
            explicitly raises instead of falling back.
@@ -38,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-BACKENDS = ("auto", "torch", "numba", "cuda")
+BACKENDS = ("auto", "torch", "numba", "cuda", "cuda_v2")
+# the backends that run our CUDA extension, and the names of their (forward, backward) functions in it
+_CUDA_KERNELS = {"cuda": ("forward", "backward"), "cuda_v2": ("forward_v2", "backward_v2")}
 
 
 def ms_deform_attn_torch(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -167,7 +173,7 @@ def _load_cuda():
     return _kernels_package().load_cuda_extension()
 
 
-_LOADERS = {"numba": _load_numba, "cuda": _load_cuda}
+_LOADERS = {"numba": _load_numba, "cuda": _load_cuda, "cuda_v2": _load_cuda}  # cuda_v2: the same extension
 _modules: dict = {}
 _errors: dict = {}
 _warned: set = set()
@@ -199,8 +205,8 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     names = ["torch"]
     if device.type == "cpu" and _backend_module("numba") is not None:
         names.append("numba")
-    if device.type == "cuda" and _backend_module("cuda") is not None:
-        names.append("cuda")
+    if device.type == "cuda":
+        names += [name for name in _CUDA_KERNELS if _backend_module(name) is not None]
     return names
 
 
@@ -222,8 +228,8 @@ def _resolve_backend(backend: str, value: torch.Tensor) -> str:
         return preferred
     if backend == "numba" and device != "cpu":
         raise ValueError(f"backend='numba' runs on CPU tensors, value is on {value.device}")
-    if backend == "cuda" and device != "cuda":
-        raise ValueError(f"backend='cuda' needs CUDA tensors, value is on {value.device}")
+    if backend in _CUDA_KERNELS and device != "cuda":
+        raise ValueError(f"backend={backend!r} needs CUDA tensors, value is on {value.device}")
     if backend in _LOADERS and _backend_module(backend) is None:
         raise RuntimeError(f"ms_deform_attn backend {backend!r} is unavailable: "
                            f"{type(_errors[backend]).__name__}: {_errors[backend]}") from _errors[backend]
@@ -267,24 +273,28 @@ class _NumbaMSDeformAttn(torch.autograd.Function):
 
 
 class _CudaMSDeformAttn(torch.autograd.Function):
-    """Our CUDA extension; float64 / float32 / float16 / bfloat16 tensors on one GPU."""
+    """Our CUDA extension; float64 / float32 / float16 / bfloat16 tensors on one GPU. ``name`` is the
+    backend ("cuda" or "cuda_v2"), which picks the kernel pair inside the extension."""
 
     @staticmethod
-    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        output = _modules["cuda"].forward(value, spatial_shapes, level_start_index, sampling_locations,
-                                          attention_weights)
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, name):
+        forward_fn, _ = _CUDA_KERNELS[name]
+        output = getattr(_modules[name], forward_fn)(value, spatial_shapes, level_start_index,
+                                                     sampling_locations, attention_weights)
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
                               attention_weights)
+        ctx.backend_name = name
         return output
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
-        grad_value, grad_locations, grad_weights = _modules["cuda"].backward(
+        _, backward_fn = _CUDA_KERNELS[ctx.backend_name]
+        grad_value, grad_locations, grad_weights = getattr(_modules[ctx.backend_name], backward_fn)(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
             grad_output.contiguous())
-        return grad_value, None, None, grad_locations, grad_weights
+        return grad_value, None, None, grad_locations, grad_weights, None
 
 
 def _np(t: torch.Tensor):
@@ -314,7 +324,7 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         level_start_index: [L] int64, the running sum of H * W (first row of each level).
         sampling_locations: [N, Lq, M, L, P, 2] normalised (x, y); outside [0, 1] reads zeros.
         attention_weights: [N, Lq, M, L, P].
-        backend: "auto" | "torch" | "numba" | "cuda" (see the module docstring).
+        backend: "auto" | "torch" | "numba" | "cuda" | "cuda_v2" (see the module docstring).
 
     Returns:
         [N, Lq, M * D] in value's dtype. Differentiable in value, sampling_locations and
@@ -343,4 +353,4 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     device = value.device
     return _CudaMSDeformAttn.apply(value.contiguous(), spatial_shapes.to(device).contiguous(),
                                    level_start_index.to(device).contiguous(),
-                                   sampling_locations.contiguous(), attention_weights.contiguous())
+                                   sampling_locations.contiguous(), attention_weights.contiguous(), name)

@@ -1,7 +1,9 @@
 """The CUDA extension in kernels/ compiles (no GPU needed: this is a compile-and-link check).
 
 Skipped when nvcc is not installed. On a GPU machine test_ops.py then runs the kernels; here we only
-prove that nvcc accepts ms_deform_attn_cuda.cu and that the extension links into a .so.
+prove that nvcc accepts both kernel sources (ms_deform_attn_cuda.cu, the default ``cuda`` backend, and
+ms_deform_attn_cuda_v2.cu, the ``cuda_v2`` backend) for sm_80 and sm_90 (Hopper, where cuda_v2 uses
+vector atomics that sm_80 lacks), and that the extension links into a .so.
 
 Normal path: the same ``torch.utils.cpp_extension.load`` call the ``cuda`` backend uses, into a
 temporary build folder. Fallback: cpp_extension refuses an nvcc whose CUDA *major* version differs
@@ -33,8 +35,9 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-# Any architecture proves the source compiles; sm_80 (A100) is supported by every CUDA 11-13 nvcc.
-COMPILE_ONLY_ARCH = "8.0"
+# Without a GPU to read the architecture from, build for sm_80 (A100, supported by every CUDA 11-13
+# nvcc: the generic code path) and sm_90 (H100 / H200: the vector-atomic path of cuda_v2).
+COMPILE_ONLY_ARCHS = "8.0;9.0"
 
 
 def _cuda_major(version: str) -> int:
@@ -65,18 +68,20 @@ def _build_directly(build_dir: Path, name: str) -> Path:
 
     cuda_home = cuda_loader.find_cuda_home()
     assert cuda_home, "nvcc found but no CUDA toolkit folder with include/cuda_runtime.h"
-    cu, cpp = Path(cuda_loader.include_dir()) / "ms_deform_attn_cuda.cu", cuda_loader.source_paths()[0]
+    sources = cuda_loader.source_paths()
+    cpp, cus = sources[0], [Path(p) for p in sources if p.endswith(".cu")]
     includes = [cuda_loader.include_dir(), *cpp_extension.include_paths(),
                 os.path.join(cuda_home, "include"), sysconfig.get_paths()["include"]]
     common = [f"-DTORCH_EXTENSION_NAME={name}", "-DTORCH_API_INCLUDE_EXTENSION_H", "-std=c++20",
               *[f"-I{p}" for p in includes]]
-    arch = COMPILE_ONLY_ARCH.replace(".", "")
-    cu_o, cpp_o, so = build_dir / "ms_deform_attn_cuda.o", build_dir / "ms_deform_attn.o", build_dir / f"{name}.so"
-    _run([NVCC, *common, *cpp_extension.COMMON_NVCC_FLAGS, f"-gencode=arch=compute_{arch},code=sm_{arch}",
-          "--compiler-options", "-fPIC", *cuda_loader.EXTRA_CUDA_CFLAGS, "-c", cu, "-o", cu_o])
+    gencodes = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in COMPILE_ONLY_ARCHS.replace(".", "").split(";")]
+    cu_os, cpp_o, so = [build_dir / f"{cu.stem}.o" for cu in cus], build_dir / "ms_deform_attn.o", build_dir / f"{name}.so"
+    for cu, cu_o in zip(cus, cu_os):
+        _run([NVCC, *common, *cpp_extension.COMMON_NVCC_FLAGS, *gencodes, "--compiler-options", "-fPIC",
+              *cuda_loader.EXTRA_CUDA_CFLAGS, "-c", cu, "-o", cu_o])
     _run(["c++", *common, "-fPIC", *cuda_loader.EXTRA_CFLAGS, "-c", cpp, "-o", cpp_o])
     torch_lib = Path(torch.__file__).parent / "lib"
-    _run(["c++", "-shared", cpp_o, cu_o, f"-L{torch_lib}", "-lc10", "-lc10_cuda", "-ltorch_cpu",
+    _run(["c++", "-shared", cpp_o, *cu_os, f"-L{torch_lib}", "-lc10", "-lc10_cuda", "-ltorch_cpu",
           "-ltorch_cuda", "-ltorch", "-ltorch_python", f"-L{os.path.join(cuda_home, 'lib64')}", "-lcudart",
           "-o", so])
     return so
@@ -85,9 +90,10 @@ def _build_directly(build_dir: Path, name: str) -> Path:
 def test_cuda_extension_compiles(tmp_path, monkeypatch, record_property):
     from msdetr_lite.kernels import cuda_loader
 
-    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    forced_archs = not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if forced_archs:
         # Without a GPU, cpp_extension has no device to read the target architecture from.
-        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", COMPILE_ONLY_ARCH)
+        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", COMPILE_ONLY_ARCHS)
     name = "msdetr_lite_ms_deform_attn_buildtest"  # distinct from the backend's module name
     direct = os.environ.get("MSDETR_CUDA_BUILD_DIRECT") == "1" or not _torch_accepts_nvcc()
 
@@ -96,12 +102,14 @@ def test_cuda_extension_compiles(tmp_path, monkeypatch, record_property):
         so = _build_directly(tmp_path, name)
     else:
         module = cuda_loader.load_cuda_extension(name=name, build_directory=str(tmp_path))
-        assert callable(module.forward) and callable(module.backward)
+        assert all(callable(getattr(module, f)) for f in ("forward", "backward", "forward_v2", "backward_v2"))
         so = tmp_path / f"{name}.so"
-        # cpp_extension really ran nvcc on our kernel source (not just the C++ binding)
+        # cpp_extension really ran nvcc on both kernel sources (not just the C++ binding)
         ninja = (tmp_path / "build.ninja").read_text()
-        assert "ms_deform_attn_cuda.cu" in ninja and "nvcc" in ninja
-        assert any(tmp_path.glob("ms_deform_attn_cuda*.o"))
+        assert "ms_deform_attn_cuda.cu" in ninja and "ms_deform_attn_cuda_v2.cu" in ninja and "nvcc" in ninja
+        assert any(tmp_path.glob("ms_deform_attn_cuda.*o")) and any(tmp_path.glob("ms_deform_attn_cuda_v2*.o"))
+        if forced_archs:
+            assert "sm_90" in ninja and "sm_80" in ninja
     seconds = time.perf_counter() - start
 
     assert so.is_file() and so.stat().st_size > 0
@@ -182,6 +190,7 @@ def test_cuda_kernel_math_matches_reference_on_host(host_kernels, dtype):
     N, S, M, D, Lq, L, P = 2, int(sizes.sum()), 3, 5, 7, 3, 2
     value = torch.randn(N, S, M, D, generator=gen, dtype=torch.float64)
     loc = torch.rand(N, Lq, M, L, P, 2, generator=gen, dtype=torch.float64) * 1.6 - 0.3  # some outside
+    loc[0, 1, 2, 1, 0, 0] = -0.125  # pixel x = -0.125 * 4 - 0.5 = -1 exactly: grid_sample's gradient is not 0
     weights = torch.rand(N, Lq, M, L, P, generator=gen, dtype=torch.float64)
     grad_out = torch.randn(N, Lq, M * D, generator=gen, dtype=torch.float64)
 
@@ -199,6 +208,142 @@ def test_cuda_kernel_math_matches_reference_on_host(host_kernels, dtype):
                                                ptr(weights), ptr(out), ptr(dims))
     getattr(host_kernels, f"backward_{suffix}")(ptr(value), ptr(spatial_shapes), ptr(level_start_index), ptr(loc),
                                                 ptr(weights), ptr(grad_out), *map(ptr, grads), ptr(dims))
+
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, **tol)
+
+
+# --------------------------------------------------------------------------------------------------
+# The "cuda_v2" kernel math on the CPU (ms_deform_attn_v2.cuh). The harness emulates the GPU thread
+# layout serially: forward, one call per (group, chunk); backward, per group and sampling point, one
+# backward_chunk call per chunk of each lane, the lanes' PointGrad sums added (what the warp
+# shuffles do on the GPU), then finish_point. C = 1 and the 16-byte chunk width are both built.
+
+HARNESS_V2 = r"""
+#include "ms_deform_attn_v2.cuh"
+using namespace msdetr_lite;
+
+struct PlainAccumulate {  // serial execution: no atomics needed
+  template <int C, typename T>
+  static void add_vec(T* address, const T (&v)[C]) { for (int k = 0; k < C; ++k) address[k] += v[k]; }
+};
+
+template <typename T, int C>
+static void forward(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc, const T* weights,
+                    T* out, const int64_t* dims) {
+  const MSDAShape sh{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]};
+  for (int64_t g = 0; g < sh.N * sh.Lq * sh.M; ++g)
+    for (int64_t chunk = 0; chunk < sh.D / C; ++chunk)
+      v2::forward_chunk<T, T, C>(g, chunk, sh, value, shapes, starts, loc, weights, out);
+}
+
+template <typename T, int C>
+static void backward(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc, const T* weights,
+                     const T* grad_out, T* grad_value, T* grad_loc, T* grad_weights, const int64_t* dims) {
+  const MSDAShape sh{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]};
+  const int64_t chunks = sh.D / C;
+  const int lanes = v2::backward_group_lanes(chunks);
+  for (int64_t g = 0; g < sh.N * sh.Lq * sh.M; ++g) {
+    for (int64_t l = 0; l < sh.L; ++l) {
+      for (int64_t p = 0; p < sh.P; ++p) {
+        const int64_t pt = (g * sh.L + l) * sh.P + p;
+        const T a = weights[pt];
+        v2::PointGrad<T> total{0, 0, 0};
+        v2::Bilinear<T> b;
+        if (v2::bilinear_point<T>(loc[2 * pt], loc[2 * pt + 1], shapes[2 * l], shapes[2 * l + 1], starts[l], b)) {
+          for (int lane = 0; lane < lanes; ++lane) {
+            v2::PointGrad<T> pg{0, 0, 0};
+            for (int64_t chunk = lane; chunk < chunks; chunk += lanes)
+              v2::backward_chunk<T, T, C, PlainAccumulate>(g, chunk, sh, b, a, value, grad_out, grad_value, pg);
+            total.a += pg.a;  // the warp-shuffle sum over the group's lanes
+            total.x += pg.x;
+            total.y += pg.y;
+          }
+        }
+        v2::finish_point<T, T>(pt, a, shapes[2 * l], shapes[2 * l + 1], total, grad_loc, grad_weights);
+      }
+    }
+  }
+}
+
+#define EXPORT(T, C, SUFFIX)                                                                              \
+  extern "C" void forward_##SUFFIX(const T* v, const int64_t* s, const int64_t* st, const T* l, const T* w, \
+                                   T* o, const int64_t* d) { forward<T, C>(v, s, st, l, w, o, d); }       \
+  extern "C" void backward_##SUFFIX(const T* v, const int64_t* s, const int64_t* st, const T* l, const T* w, \
+                                    const T* g, T* gv, T* gl, T* gw, const int64_t* d) {                  \
+    backward<T, C>(v, s, st, l, w, g, gv, gl, gw, d);                                                     \
+  }
+EXPORT(double, 1, f64_c1)
+EXPORT(double, 2, f64_c2)
+EXPORT(float, 1, f32_c1)
+EXPORT(float, 4, f32_c4)
+extern "C" int lanes_for(int64_t chunks) { return v2::backward_group_lanes(chunks); }
+"""
+
+
+@pytest.fixture(scope="module")
+def host_kernels_v2(tmp_path_factory):
+    import ctypes
+
+    from msdetr_lite.kernels import cuda_loader
+
+    folder = tmp_path_factory.mktemp("msda_host_v2")
+    (folder / "harness_v2.cu").write_text(HARNESS_V2)
+    lib = folder / "harness_v2.so"
+    _run([NVCC, "-shared", "-std=c++17", "--compiler-options", "-fPIC", "-O2", f"-I{cuda_loader.include_dir()}",
+          folder / "harness_v2.cu", "-o", lib])
+    return ctypes.CDLL(str(lib))
+
+
+def test_v2_group_lanes_are_powers_of_two_up_to_a_warp(host_kernels_v2):
+    got = [host_kernels_v2.lanes_for(chunks) for chunks in (1, 2, 3, 5, 8, 9, 32, 33, 64)]
+    assert got == [1, 2, 4, 8, 8, 16, 32, 32, 32]
+
+
+# (D, chunk width C): vector chunks (D = 8: 2 float32 chunks, 4 float64 chunks), single channels with
+# idle lanes (D = 5: 8 lanes for 5 chunks) and lanes owning several chunks (D = 40: 32 lanes, 40 chunks)
+V2_CASES = [(8, "vector"), (5, "single"), (40, "single"), (40, "vector")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("D,width", V2_CASES)
+def test_cuda_v2_kernel_math_matches_reference_on_host(host_kernels_v2, dtype, D, width):
+    import ctypes
+
+    from msdetr_lite.ops import ms_deform_attn_torch
+
+    gen = torch.Generator().manual_seed(D)
+    spatial_shapes = torch.tensor([[6, 5], [3, 4], [2, 1]])
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    N, S, M, Lq, L, P = 2, int(sizes.sum()), 3, 7, 3, 2
+    value = torch.randn(N, S, M, D, generator=gen, dtype=torch.float64)
+    loc = torch.rand(N, Lq, M, L, P, 2, generator=gen, dtype=torch.float64) * 1.6 - 0.3  # some outside
+    loc[0, 1, 2, 1, 0, 0] = -0.125  # pixel x = -0.125 * 4 - 0.5 = -1 exactly: grid_sample's gradient is not 0
+    loc[0, 0, 0, 0, 0] = float("nan")  # NaN / inf locations read zeros and get zero gradients
+    loc[1, 2, 1, 1, 1, 0] = float("inf")
+    weights = torch.rand(N, Lq, M, L, P, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(N, Lq, M * D, generator=gen, dtype=torch.float64)
+
+    finite = torch.nan_to_num(loc, nan=-10.0, posinf=-10.0)  # what grid_sample must see: far outside
+    leaves = [t.clone().requires_grad_() for t in (value, finite, weights)]
+    ref = ms_deform_attn_torch(leaves[0], spatial_shapes, level_start_index, leaves[1], leaves[2])
+    ref_grads = list(torch.autograd.grad(ref, leaves, grad_out))
+
+    value, loc, weights, grad_out = (t.to(dtype).contiguous() for t in (value, loc, weights, grad_out))
+    out = torch.zeros(N, Lq, M * D, dtype=dtype)
+    grads = [torch.zeros_like(value), torch.zeros_like(loc), torch.zeros_like(weights)]
+    dims = torch.tensor([N, S, M, D, Lq, L, P])
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    vector = {torch.float64: "c2", torch.float32: "c4"}[dtype]
+    suffix = ("f64_" if dtype == torch.float64 else "f32_") + (vector if width == "vector" else "c1")
+    getattr(host_kernels_v2, f"forward_{suffix}")(ptr(value), ptr(spatial_shapes), ptr(level_start_index),
+                                                  ptr(loc), ptr(weights), ptr(out), ptr(dims))
+    getattr(host_kernels_v2, f"backward_{suffix}")(ptr(value), ptr(spatial_shapes), ptr(level_start_index),
+                                                   ptr(loc), ptr(weights), ptr(grad_out), *map(ptr, grads),
+                                                   ptr(dims))
 
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.double(), ref.detach(), **tol)

@@ -25,10 +25,12 @@ def _numba_loads() -> bool:
 
 needs_numba = pytest.mark.skipif(not _numba_loads(), reason="numba backend unavailable")
 
+# the two CUDA kernels: the default one and the opt-in throughput rewrite
+CUDA_BACKENDS = [pytest.param(name, marks=[needs_cuda, pytest.mark.gpu], id=name) for name in ("cuda", "cuda_v2")]
 # (backend, device) pairs of the compiled backends, each skipped where it cannot run
 COMPILED = [
     pytest.param("numba", "cpu", marks=needs_numba, id="numba"),
-    pytest.param("cuda", "cuda", marks=[needs_cuda, pytest.mark.gpu], id="cuda"),
+    *[pytest.param(name, "cuda", marks=[needs_cuda, pytest.mark.gpu], id=name) for name in ("cuda", "cuda_v2")],
 ]
 
 
@@ -174,31 +176,50 @@ def test_numba_half_inputs_are_computed_in_float32():
         assert _max_rel(out.float(), ref_out) < 2e-2
 
 
-@needs_cuda
-@pytest.mark.gpu
+# Half-precision results against float64 on the *same* half-precision numbers: the kernels read
+# float16 / bfloat16 inputs exactly, compute in float32 and round each result once to the dtype (at
+# most eps / 2 relative). float32 accumulation adds about 1e-7 of the summed magnitudes, far below a
+# half-precision eps, so a factor of 2 on eps covers both; atol (2 eps of the largest reference
+# entry) covers entries that are small because their float32 sums cancel.
+HALF_EPS_FACTOR = 2.0
+
+
+def _quantized(t, dtype):
+    """t rounded to dtype and back to float64: the numbers a dtype kernel actually sees."""
+    return t.to(dtype).double() if t.is_floating_point() else t
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_half_precision(dtype):
-    inputs = make_inputs([[16, 16], [8, 8], [4, 4], [2, 2]], 2, 50, 4, 8, 4, seed=12)
-    ref_out, ref_grads, grad_out = reference(*inputs)
+def test_cuda_half_precision(backend, dtype):
+    inputs = [_quantized(t, dtype) for t in
+              make_inputs([[16, 16], [8, 8], [4, 4], [2, 2]], 2, 50, 4, 8, 4, seed=12)]
+    grad_out = _quantized(torch.randn(2, 50, 4 * 8, generator=torch.Generator().manual_seed(1),
+                                      dtype=torch.float64), dtype)
+    ref_out, ref_grads, _ = reference(*inputs, grad_out=grad_out)
     moved = [t.to(device="cuda", dtype=dtype) if t.is_floating_point() else t.cuda() for t in inputs]
-    out, grads, _ = forward_backward(with_backend("cuda"), *moved, grad_out=grad_out.to("cuda", dtype))
-    assert out.dtype == dtype
-    assert _max_rel(out.cpu(), ref_out) < 2e-2
-    for got, want in zip(grads, ref_grads):
-        assert got.dtype == dtype
-        assert _max_rel(got.cpu(), want) < 3e-2
+    out, grads, _ = forward_backward(with_backend(backend), *moved, grad_out=grad_out.to("cuda", dtype))
+    eps = torch.finfo(dtype).eps
+    for name, got, want in zip(("output", "grad value", "grad sampling_locations", "grad attention_weights"),
+                               (out, *grads), (ref_out, *ref_grads)):
+        assert got.dtype == dtype, name
+        torch.testing.assert_close(got.cpu().double(), want, rtol=HALF_EPS_FACTOR * eps,
+                                   atol=HALF_EPS_FACTOR * eps * want.abs().max().item(),
+                                   msg=lambda m, name=name: f"{name} ({dtype}): {m}")
 
 
 @pytest.mark.parametrize("backend,device", COMPILED + [pytest.param("torch", "cpu", id="torch")])
 def test_non_contiguous_inputs(backend, device):
     value, shapes, starts, loc, weights = make_inputs([[5, 4], [2, 3]], 2, 5, 3, 4, 2, seed=21)
     ref_out, ref_grads, grad_out = reference(value, shapes, starts, loc, weights)
-    # Same numbers, but stored transposed / with gaps.
-    value_nc = value.to(device).transpose(0, 1).contiguous().transpose(0, 1)
-    loc_nc = torch.stack([loc, torch.zeros_like(loc)], dim=-1).to(device)[..., 0]
-    weights_nc = weights.to(device).permute(4, 3, 2, 1, 0).contiguous().permute(4, 3, 2, 1, 0)
-    shapes_nc = torch.stack([shapes, shapes], dim=1)[:, 0].to(device)
-    starts_nc = torch.stack([starts, starts], dim=1)[:, 1].to(device)
+    # Same numbers, but stored transposed / with gaps, on the device (.to(device) copies into a
+    # contiguous tensor, so the strided views are taken after the move).
+    value, shapes, starts, loc, weights = (t.to(device) for t in (value, shapes, starts, loc, weights))
+    value_nc = value.transpose(0, 1).contiguous().transpose(0, 1)
+    loc_nc = torch.stack([loc, torch.zeros_like(loc)], dim=-1)[..., 0]
+    weights_nc = weights.permute(4, 3, 2, 1, 0).contiguous().permute(4, 3, 2, 1, 0)
+    shapes_nc = torch.stack([shapes, shapes], dim=1)[:, 0]
+    starts_nc = torch.stack([starts, starts], dim=1)[:, 1]
     assert not any(t.is_contiguous() for t in (value_nc, loc_nc, weights_nc, shapes_nc, starts_nc))
     out, grads, _ = forward_backward(with_backend(backend), value_nc, shapes_nc, starts_nc, loc_nc,
                                      weights_nc, grad_out=grad_out.to(device))
@@ -284,8 +305,9 @@ def test_device_mismatch_and_backend_errors():
     args = _good()
     with pytest.raises(ValueError, match="backend must be one of"):
         ms_deform_attn(*args, backend="triton")
-    with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
-        ms_deform_attn(*args, backend="cuda")
+    for name in ("cuda", "cuda_v2"):
+        with pytest.raises(ValueError, match=f"backend='{name}' needs CUDA tensors"):
+            ms_deform_attn(*args, backend=name)
     meta = _bad(3, lambda a: a[3].to("meta"))
     with pytest.raises(ValueError, match=r"sampling_locations must be on value's device \(cpu\), got meta"):
         ms_deform_attn(*meta)
@@ -302,7 +324,7 @@ def broken_compiled_backends(monkeypatch):
             raise ImportError(f"pretend {name} is not installed")
         return load
 
-    monkeypatch.setattr(ops, "_LOADERS", {"numba": broken("numba"), "cuda": broken("cuda")})
+    monkeypatch.setattr(ops, "_LOADERS", {name: broken(name) for name in ("numba", "cuda", "cuda_v2")})
     ops._reset_backends()
     yield
     ops._reset_backends()
@@ -329,7 +351,30 @@ def test_auto_picks_numba_on_cpu():
 @needs_cuda
 @pytest.mark.gpu
 def test_auto_picks_cuda_on_gpu():
+    """cuda_v2 is offered but stays opt-in until a GPU measurement makes it the default."""
     assert ops._resolve_backend("auto", torch.zeros(1, device="cuda")) == "cuda"
+    assert ops.available_backends("cuda")[-2:] == ["cuda", "cuda_v2"]
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_v2_misaligned_storage_matches_aligned(dtype):
+    """cuda_v2 reads 16-byte chunks only from 16-byte aligned tensors; a contiguous view that starts
+    one element into its storage takes the one-channel path and must give the same numbers."""
+    value, shapes, starts, loc, weights = (t.cuda() for t in make_inputs(
+        [[9, 7], [5, 4], [2, 3]], 2, 11, 2, 16, 3, dtype=dtype, seed=31))
+    storage = torch.empty(value.numel() + 1, dtype=dtype, device="cuda")
+    shifted = storage[1:].view(value.shape).copy_(value)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
+    grad_out = torch.randn(2, 11, 2 * 16, device="cuda").to(dtype)
+    aligned = forward_backward(with_backend("cuda_v2"), value, shapes, starts, loc, weights, grad_out=grad_out)
+    misaligned = forward_backward(with_backend("cuda_v2"), shifted, shapes, starts, loc, weights,
+                                  grad_out=grad_out)
+    # the same float32 arithmetic, summed in another order (lanes, atomics), then rounded to dtype
+    eps = torch.finfo(dtype).eps
+    for got, want in zip((misaligned[0], *misaligned[1]), (aligned[0], *aligned[1])):
+        torch.testing.assert_close(got.double(), want.double(), rtol=2 * eps, atol=2 * eps * want.abs().max().item())
 
 
 @needs_numba
