@@ -156,10 +156,13 @@ def _check_annotations(data: dict, ann_file: Path) -> None:
     cat_ids = {c["id"] for c in data["categories"]}
     for i, ann in enumerate(data["annotations"]):
         bbox = ann["bbox"]
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(type(v) in _COORD_TYPES for v in bbox):
+        # unrolled: this loop runs over every box of the file
+        if (type(bbox) is not list or len(bbox) != 4 or type(bbox[0]) not in _COORD_TYPES
+                or type(bbox[1]) not in _COORD_TYPES or type(bbox[2]) not in _COORD_TYPES
+                or type(bbox[3]) not in _COORD_TYPES):
             raise ValueError(f"annotation file {ann_file}: annotations[{i}] 'bbox' must be "
                              f"[x, y, w, h] numbers, got {bbox!r}")
-        if not _is_int(ann["id"]):
+        if type(ann["id"]) is not int:
             raise ValueError(f"annotation file {ann_file}: annotations[{i}] 'id' must be an integer, "
                              f"got {ann['id']!r}")
         if ann["image_id"] not in img_ids:
@@ -274,16 +277,22 @@ def _resolve_ids(anns: list[dict], reason: np.ndarray) -> list[Optional[int]]:
     """Per annotation: None (keep its id), -1 (a repeat of an earlier entry with the same id and
     content: drop) or 0 (needs a fresh id: its id is 0, which COCOeval's matching reads as
     "unmatched", or is shared by a different annotation). Only kept boxes (reason None) count."""
-    seen: dict[int, set] = {}
     out: list[Optional[int]] = [None] * len(anns)
-    for i, a in enumerate(anns):
-        if reason[i] is not None:
+    kept = [i for i, r in enumerate(reason.tolist()) if r is None]
+    counts = Counter(anns[i]["id"] for i in kept)
+    # contents are compared only for the (usually no) ids that occur twice
+    seen: dict[int, set] = {}
+    for i in kept:
+        a = anns[i]
+        if a["id"] == 0:
+            out[i] = 0
+        if counts[a["id"]] < 2:
             continue
         content = (a["image_id"], a["category_id"], tuple(a["bbox"]), int(a["iscrowd"]))
         contents = seen.setdefault(a["id"], set())
         if content in contents:
             out[i] = -1
-        elif contents or a["id"] == 0:
+        elif contents:
             out[i] = 0
         contents.add(content)
     return out
