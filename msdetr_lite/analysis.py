@@ -205,40 +205,14 @@ def load_json(path: Union[str, Path]) -> dict:
 def plot_candidate_quality(stats_by_model: Mapping[str, Union[dict, Sequence[dict]]],
                            path: Union[str, Path, None] = None, stats: Sequence[str] = STAT_NAMES,
                            title: Optional[str] = "Candidate quality per decoder layer"):
-    """One panel per statistic, x = decoder layer (1-based), one line per model.
+    """The figure of these statistics, drawn by `msdetr_lite.viz.plot_candidate_quality` (the
+    plotting layer), also saved to `path` when given. Kept here for the callers of analysis
+    (cli.py); new code calls viz directly."""
+    from . import viz
 
-    stats_by_model: {model name: a `candidate_quality` result (or its "layers" list)}.
-    path: also save the figure there (png/pdf/svg by suffix). Returns the matplotlib Figure
-    (a bare Figure, not registered with pyplot: scripts leak nothing; notebooks display it).
-    """
-    from matplotlib.figure import Figure
-
-    if not stats_by_model:
-        raise ValueError("stats_by_model is empty")
-    unknown = [s for s in stats if s not in STAT_NAMES]
-    if unknown:
-        raise ValueError(f"unknown statistic(s) {unknown}; known: {list(STAT_NAMES)}")
-    ncols = min(4, len(stats))
-    nrows = math.ceil(len(stats) / ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.8 * nrows + (0.4 if title else 0)), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    for ax, name in zip(axes, stats):
-        for model_name, res in stats_by_model.items():
-            layers = res["layers"] if isinstance(res, Mapping) else list(res)
-            xs = list(range(1, len(layers) + 1))
-            ax.plot(xs, [l[name] for l in layers], marker="o", label=str(model_name))
-        ax.set_title(STAT_TITLES[name], fontsize=9)
-        ax.set_xlabel("decoder layer")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes[len(stats):]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
+    fig = viz.plot_candidate_quality(stats_by_model, stats, title)
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        viz.save_figure(fig, path, dpi=120)
     return fig
 
 

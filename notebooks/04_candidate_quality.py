@@ -112,7 +112,7 @@ loader = DataLoader(val_ds, batch_size=8, collate_fn=collate)
 stats = {name: analysis.candidate_quality_over_loader(m, loader, "cpu", topk=TOP_K, max_batches=STAT_BATCHES,
                                                       progress=False)
          for name, m in models.items()}
-viz.recolor_by_scheme(analysis.plot_candidate_quality(stats))
+viz.plot_candidate_quality(stats)
 
 # %%
 rows = [{"model": name, "layer": l + 1, **{k: round(v, 3) for k, v in layer.items()}}

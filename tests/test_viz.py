@@ -90,14 +90,6 @@ def test_draw_boxes_tags_and_counts():
     assert len(axes[0, 0].texts) == 2
 
 
-def test_draw_boxes_tv_burns_in_boxes():
-    img = _image(32, 32)
-    out = viz.draw_boxes_tv(img, torch.tensor([[0.5, 0.5, 0.5, 0.5]]), colors=viz.GT_COLOR, scale=2)
-    assert out.dtype == torch.uint8 and out.shape == (3, 64, 64)
-    plain = viz.draw_boxes_tv(img, torch.zeros(0, 4), scale=2)
-    assert (out != plain).any()
-
-
 def test_plot_detections_threshold():
     dets = {"scores": torch.tensor([0.9, 0.5, 0.1]), "labels": torch.tensor([0, 1, 0]),
             "boxes": torch.tensor([[1, 1, 10, 10], [2, 2, 20, 20], [3, 3, 30, 30.]])}
@@ -279,16 +271,91 @@ def test_plot_samples(tmp_path):
     assert Image.open(buf).size[0] > 100
 
 
-def test_recolor_by_scheme():
-    fig, axes = viz.new_figure(1, 1)
-    ax = axes[0, 0]
-    ax.plot([1, 2], [1, 2], label="ms", color="black")
-    ax.plot([1, 2], [2, 1], label="o2o", color="black")
-    ax.plot([1, 2], [0, 0], label="other", color="black")
-    ax.legend()
-    viz.recolor_by_scheme(fig)
-    lines = {l.get_label(): l for l in ax.get_lines()}
-    assert lines["ms"].get_color() == viz.SCHEME_COLORS["ms"] and lines["o2o"].get_linestyle() == "--"
-    assert lines["other"].get_color() == "black"
-    legend_colors = [h.get_color() for h in ax.get_legend().legend_handles]
-    assert viz.SCHEME_COLORS["ms"] in legend_colors
+def test_scheme_of_names_and_runs():
+    assert viz.scheme_of("ms") == "ms" and viz.scheme_of("baseline (o2o)") == "o2o"
+    assert viz.scheme_of("MS-DETR (ms)") == "ms" and viz.scheme_of("this run") is None
+    assert viz.scheme_of("x (foo)") is None
+    assert viz.scheme_color("MS-DETR (ms)") == viz.SCHEME_COLORS["ms"]
+    assert viz.scheme_color("my run", "o2o") == viz.O2O_COLOR and viz.scheme_style("my run", "o2o") == "--"
+    assert viz.scheme_style("this run") == "-"
+
+
+def test_candidate_quality_in_scheme_colours():
+    layers = [{n: 0.1 * (l + 1) for n in ("best_iou", "best_iou_topk", "num_iou50", "num_iou70", "recall50_topk",
+                                            "recall75_topk", "duplicates")} for l in range(3)]
+    fig = viz.plot_candidate_quality({"o2o": layers, "MS-DETR (ms)": {"layers": layers}}, stats=["best_iou", "duplicates"])
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2
+    lines = {l.get_label(): l for l in axes[0].get_lines()}
+    assert lines["o2o"].get_color() == viz.O2O_COLOR and lines["o2o"].get_linestyle() == "--"
+    assert lines["MS-DETR (ms)"].get_color() == viz.SCHEME_COLORS["ms"]
+    assert list(lines["o2o"].get_xdata()) == [1, 2, 3]
+    with pytest.raises(ValueError, match="unknown statistic"):
+        viz.plot_candidate_quality({"o2o": layers}, stats=["nope"])
+    with pytest.raises(ValueError, match="empty"):
+        viz.plot_candidate_quality({})
+
+
+def test_report_panels_and_per_layer_ap():
+    """The comparison figures of report.compare_runs: explicit panels, steps behind epoch means,
+    AP per layer per run, runs coloured by their supervision."""
+    from msdetr_lite.runs import Run
+    runs = {f"{s} run": Run.from_records(r, name=s, config={"model": {"supervision": s}})
+            for s, r in _records().items()}
+    for run in runs.values():
+        for i, r in enumerate(run.steps):
+            r["iter"] = i % 4
+        for r in run.epochs:
+            r["steps"] = 4
+    panels = (("o2o", None, None), ("o2m", None, None), ("enc", None, None), ("o2o", "cls", -1))
+    fig = viz.plot_loss_curves(runs, panels=panels, x="epoch", steps_behind=True)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 4 and len(fig.axes) == 6
+    faint, mean = visible[0].get_lines()[:2]
+    assert list(faint.get_xdata())[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert list(mean.get_xdata()) == [1, 2, 3] and mean.get_color() == viz.O2O_COLOR
+    assert mean.get_ydata()[0] == pytest.approx(3 * (1 / 4) + 3 * (1 / 4 + 1))    # all terms, both layers
+    assert len(visible[1].get_lines()) == 2                                        # only ms has o2m (+ faint)
+    assert "all terms (all layers)" in visible[0].get_title()
+    fig = viz.plot_ap_curves(runs, metrics=("AP",), per_layer=True)
+    assert len(fig.axes) == 3 and len(fig.axes[0].get_lines()) == 2               # 2 layers of the first run
+    assert list(fig.axes[0].get_lines()[1].get_ydata()) == pytest.approx([10, 20, 30])
+    assert [l.get_color() for l in fig.axes[2].get_lines()] == [viz.O2O_COLOR, viz.SCHEME_COLORS["ms"]]
+    fig = viz.plot_ap_per_layer({**runs, "no eval": Run.from_records([], name="x")}, metrics=("AP",))
+    assert len(fig.axes[0].get_lines()) == 2
+    with pytest.raises(ValueError, match="x="):
+        viz.plot_loss_curves(runs, x="iter")
+
+
+def test_detection_grid_rows_are_models():
+    class DS:
+        class_names = ["circle", "square"]
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return _image(32, 32, seed=i), {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]]),
+                                            "size": torch.tensor([32, 32]), "image_id": i}
+
+    class Constant(torch.nn.Module):
+        """Q = 5 queries, 2 classes: query q scores sigmoid(logit) = `scores`[q] on class 0."""
+        def __init__(self, logit):
+            super().__init__()
+            self.logit = logit
+
+        def forward(self, images, masks):
+            b = images.shape[0]
+            logits = torch.full((b, 5, 2), -9.0)
+            logits[..., 0] = torch.tensor(self.logit)
+            boxes = torch.tensor([[0.5, 0.5, 0.4, 0.4]]).repeat(b, 5, 1)
+            return {"o2o": [{"logits": logits, "boxes": boxes}]}
+
+    confident = Constant([3.0, 2.0, -3.0, -3.0, -3.0])      # two detections above 0.3
+    weak = Constant([-3.0] * 5)                            # none: its best 3 are drawn anyway
+    fig = viz.plot_detection_grid({"ms": confident, "baseline (o2o)": weak}, DS(), indices=[0, 1, 5],
+                                  score_thresh=0.3, min_shown=3)
+    assert len(fig.axes) == 4
+    assert viz.count_boxes(fig.axes[0], "detection") == 2 and viz.count_boxes(fig.axes[2], "detection") == 3
+    assert viz.count_boxes(fig, "gt") == 4
+    assert fig.axes[0].get_ylabel() == "ms" and "top-3" in fig.axes[2].get_title()

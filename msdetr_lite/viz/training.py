@@ -1,0 +1,174 @@
+"""Training curves from runs (`msdetr_lite.runs`): losses per branch, AP per epoch and per decoder layer.
+
+Every function takes {model name: run}, where a run is a `runs.Run` or its metrics.jsonl
+records, and draws each model in its scheme's colour and line style (the o2o baseline dashed,
+MS-DETR solid, as in the paper's Fig. 2). The notebooks and `report.compare_runs` draw with
+the same functions.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence, Union
+
+from matplotlib.figure import Figure
+
+from ..runs import LOSS_TERMS, Run, as_run
+from .figures import add_legend, new_figure
+from .palette import BRANCH_COLORS, layer_color, scheme_color, scheme_label, scheme_style
+
+RunLike = Union[Run, Sequence[Mapping]]       # a run, or its metrics.jsonl records
+LOSS_TITLES = {"cls": "classification (focal)", "bbox": "box L1", "giou": "GIoU", None: "all terms"}
+
+
+def _style(name: str, run: Run) -> dict:
+    return {"color": scheme_color(name, run.supervision), "linestyle": scheme_style(name, run.supervision)}
+
+
+def _layer_name(layer: Optional[int]) -> str:
+    if layer is None:
+        return "all layers"
+    if layer == -1:
+        return "final layer"
+    return f"layer {layer + 1}" if layer >= 0 else f"layer {layer} from the end"
+
+
+def _smooth(ys: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average over `window` values (the first ones average what there is)."""
+    if window <= 1 or len(ys) < 3:
+        return list(ys)
+    out, acc = [], []
+    for y in ys:
+        acc.append(y)
+        if len(acc) > window:
+            acc.pop(0)
+        out.append(sum(acc) / len(acc))
+    return out
+
+
+def plot_loss_curves(histories: Mapping[str, RunLike], branches: Sequence[str] = ("o2o", "o2m"),
+                     terms: Sequence[Optional[str]] = LOSS_TERMS, layer: Optional[int] = -1, x: str = "step",
+                     smooth: int = 5, title: Optional[str] = None,
+                     panels: Optional[Sequence[tuple[str, Optional[str], Optional[int]]]] = None,
+                     steps_behind: bool = False) -> Figure:
+    """Loss curves, one line per model; by default a grid of branches (rows) x terms (columns).
+
+    histories: {model name: `runs.Run` or its records}. Losses are the weighted terms the engine
+    logs. For `hybrid` / `group` the o2m row holds their extra queries' (one-to-one) losses.
+    term None: cls + bbox + giou. layer: decoder layer (-1 = final, None = all layers summed).
+    panels: instead of the grid, explicit (branch, term, layer) panels, three per row.
+    x: "step" (logged steps, moving average over `smooth`) or "epoch" (epoch means, with markers);
+    steps_behind (x="epoch"): the logged steps too, faint, at their fractional epoch.
+    """
+    if x not in ("step", "epoch"):
+        raise ValueError(f"x={x!r}; expected 'step' or 'epoch'")
+    runs = {name: as_run(run, name) for name, run in histories.items()}
+    if panels is None:
+        panels = [(branch, term, layer) for branch in branches for term in terms]
+        ncols = len(terms)
+    else:
+        ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = new_figure(nrows, ncols, (3.6, 2.7), extra_height=0.4)
+    for ax, (branch, term, lay) in zip(axes.flat, panels):
+        drawn = 0
+        for name, run in runs.items():
+            xs, ys = run.loss(branch, term, lay, per=x)
+            if not xs:
+                continue
+            if steps_behind and x == "epoch":
+                epoch_at = dict(zip((r["step"] for r in run.steps), run.step_epochs()))
+                sx, sy = run.loss(branch, term, lay, per="step")
+                ax.plot([epoch_at[s] for s in sx], sy, linewidth=0.8, alpha=0.35, **_style(name, run))
+            ax.plot(xs, _smooth(ys, smooth if x == "step" else 1), linewidth=1.6, label=name,
+                    marker="o" if len(xs) < 8 else None, markersize=3, **_style(name, run))
+            drawn += 1
+        where = f" ({_layer_name(lay)})" if branch != "enc" else ""
+        ax.set_title(f"{branch} branch: {LOSS_TITLES.get(term, term)}{where}", fontsize=9,
+                     color=BRANCH_COLORS.get(branch, "black"))
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        if drawn:
+            add_legend(ax)
+        else:
+            ax.text(0.5, 0.5, f"no {branch} losses\n(o2o-only models have none)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="grey")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title or "Training losses per branch: o2o baseline dashed, MS-DETR solid", fontsize=10)
+    return fig
+
+
+def plot_total_loss(run: RunLike, name: str = "ms", smooth: int = 5) -> Figure:
+    """The summed training loss and the final layer's o2o / o2m terms of one run, per step."""
+    run = as_run(run, name)
+    fig, axes = new_figure(1, 2, (4.6, 3.0), extra_height=0.3)
+    xs, ys = run.loss()
+    axes[0, 0].plot(xs, _smooth(ys, smooth), color=scheme_color(name, run.supervision),
+                    marker="o" if len(xs) < 8 else None)
+    axes[0, 0].set_title("total loss (all branches and layers)", fontsize=9)
+    for branch in ("o2o", "o2m"):
+        for term, style in (("cls", "-"), ("giou", ":")):
+            bx, by = run.loss(branch, term, -1)
+            if bx:
+                axes[0, 1].plot(bx, _smooth(by, smooth), color=BRANCH_COLORS[branch], linestyle=style,
+                                label=f"{branch} {term}")
+    axes[0, 1].set_title("final decoder layer, per branch", fontsize=9)
+    add_legend(axes[0, 1])
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Training of {scheme_label(name)}", fontsize=10)
+    return fig
+
+
+def _ap_axes(ax, xlabel: str, metric: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} (x100)")
+    ax.set_title(title, fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    add_legend(ax, loc="lower right")
+
+
+def plot_ap_curves(histories: Mapping[str, RunLike], metrics: Sequence[str] = ("AP", "AP50"),
+                   per_layer: bool = False) -> Figure:
+    """COCO AP (x100) per epoch of the final decoder layer, one panel per metric and one line per
+    model. per_layer: first a panel per model with every decoder layer's `metrics[0]` per epoch."""
+    runs = {name: as_run(run, name) for name, run in histories.items()}
+    n_layer_panels = len(runs) if per_layer else 0
+    fig, axes = new_figure(1, n_layer_panels + len(metrics), (4.2, 3.0), extra_height=0.3)
+    for ax, (name, run) in zip(axes[0], runs.items() if per_layer else ()):
+        evals = run.epoch_evals()
+        n_layers = max((len(ev["layers"]) for _, ev in evals), default=0)
+        for l in range(n_layers):
+            pts = [(e, 100 * ev["layers"][l][metrics[0]]) for e, ev in evals if l < len(ev["layers"])]
+            ax.plot(*zip(*pts), marker=".", color=layer_color(l, n_layers), label=f"layer {l + 1}")
+        _ap_axes(ax, "epoch", metrics[0], f"{name}: {metrics[0]} per decoder layer")
+    for ax, metric in zip(axes[0, n_layer_panels:], metrics):
+        for name, run in runs.items():
+            ev = run.epoch_evals()
+            if ev:
+                ax.plot([e for e, _ in ev], [100 * m["final"][metric] for _, m in ev], marker="o", label=name,
+                        **_style(name, run))
+        _ap_axes(ax, "epoch", metric, f"val {metric} per epoch (final decoder layer)")
+    fig.suptitle("Convergence: AP per epoch", fontsize=10)
+    return fig
+
+
+def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequence[str] = ("AP", "AP50")) -> Figure:
+    """AP (x100) of every decoder layer's o2o predictions, one line per model.
+
+    evals: {name: an `evaluation.evaluate` result / eval.json ("layers", "layer_ids"), or a
+    `runs.Run` (its final evaluation; runs without one are skipped)}."""
+    fig, axes = new_figure(1, len(metrics), (4.2, 3.0), extra_height=0.3)
+    for ax, metric in zip(axes[0], metrics):
+        for name, ev in evals.items():
+            style = _style(name, ev if isinstance(ev, Run) else Run(name, []))
+            ev = ev.final_eval() if isinstance(ev, Run) else ev
+            if not ev:
+                continue
+            layers = ev.get("layers") or []
+            ids = ev.get("layer_ids") or list(range(len(layers)))
+            ax.plot([i + 1 for i in ids], [100 * m[metric] for m in layers], marker="o", label=name, **style)
+        _ap_axes(ax, "decoder layer", metric, f"{metric} per decoder layer")
+    fig.suptitle("Every decoder layer is a detector: AP per layer", fontsize=10)
+    return fig
