@@ -558,3 +558,22 @@ def test_file_replaced_after_build_is_named_on_load(tmp_path):
     (folder / "x.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"x\.png"):
         ds[0]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(split="val", val_size=0), r"val_size \(data\.val_size\) must be a positive integer, got 0"),
+    (dict(split="val", val_size=96.5), r"val_size .* got 96\.5"),
+    (dict(split="train", train_scales=(-3, 64)), r"train_scales \(data\.train_scales\) must be positive integers.*\[-3, 64\]"),
+    (dict(split="train", train_scales=("a",)), r"train_scales .* \['a'\]"),
+    (dict(split="train", train_scales=()), r"train_scales \(data\.train_scales\) is empty"),
+    (dict(split="val", val_size=800, max_size=600), r"max_size \(data\.max_size\) = 600 must be larger than val_size"),
+])
+def test_bad_transform_sizes_fail_when_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_transforms(**kwargs)
+
+
+def test_transform_sizes_accept_numpy_ints_and_no_cap():
+    t = make_transforms("val", val_size=np.int64(32), max_size=0)
+    image, _ = t(Image.new("RGB", (64, 48)), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
+    assert tuple(image.shape) == (3, 32, 42)

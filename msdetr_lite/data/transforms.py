@@ -12,7 +12,8 @@ val:    resize shorter side to val_size (longer side <= max_size) -> float -> no
 """
 from __future__ import annotations
 
-from typing import Sequence
+import numbers
+from typing import Optional, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -47,6 +48,38 @@ class RandomSizeCrop(v2.Transform):
         return F.crop(inpt, **params)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_size(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _check_sizes(split: str, train_scales, val_size, max_size) -> tuple[tuple[int, ...], int, Optional[int]]:
+    """Validated (train_scales, val_size, max_size); max_size None or <= 0 means no cap. Bad values
+    raise ValueError here, naming the DataConfig field, instead of on the first image deep in
+    torchvision."""
+    if isinstance(train_scales, int):
+        train_scales = (train_scales,)
+    train_scales = tuple(train_scales)
+    if len(train_scales) == 0:
+        raise ValueError("train_scales (data.train_scales) is empty")
+    if not all(_is_size(s) for s in train_scales):
+        raise ValueError(f"train_scales (data.train_scales) must be positive integers (shorter side "
+                         f"in pixels), got {list(train_scales)}")
+    if not _is_size(val_size):
+        raise ValueError(f"val_size (data.val_size) must be a positive integer, got {val_size!r}")
+    if max_size is not None and not _is_int(max_size):
+        raise ValueError(f"max_size (data.max_size) must be an integer (<= 0: no cap), got {max_size!r}")
+    max_size = int(max_size) if max_size is not None and max_size > 0 else None
+    if split == "val" and max_size is not None and max_size <= val_size:
+        # torchvision's Resize refuses it; a capped evaluation size would be a silent surprise too
+        raise ValueError(f"max_size (data.max_size) = {max_size} must be larger than val_size "
+                         f"(data.val_size) = {val_size}")
+    return tuple(int(s) for s in train_scales), int(val_size), max_size
+
+
 def make_transforms(split: str, train_scales: Sequence[int] = (800,), val_size: int = 800,
                     max_size: int = 1333, random_crop: bool = False, normalize: bool = True) -> v2.Compose:
     """The v2 pipeline for `split` ("train" or "val"); see the module docstring.
@@ -56,12 +89,7 @@ def make_transforms(split: str, train_scales: Sequence[int] = (800,), val_size: 
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if isinstance(train_scales, int):
-        train_scales = (train_scales,)
-    if len(train_scales) == 0:
-        raise ValueError("train_scales is empty")
-    if max_size is not None and max_size <= 0:
-        max_size = None
+    train_scales, val_size, max_size = _check_sizes(split, train_scales, val_size, max_size)
 
     steps: list = [v2.ToImage()]
     if split == "train":
