@@ -460,87 +460,9 @@ def candidates_panel(models, dataset, indices: Optional[Sequence[int]] = None, k
 
 
 # ---------------------------------------------------------------- deformable-attention backends
-def deform_inputs(n: int = 2, n_queries: int = 100, image_hw: Sequence[int] = (128, 128), n_heads: int = 8,
-                  head_dim: int = 16, n_levels: int = 4, n_points: int = 4, device="cpu", dtype=torch.float32,
-                  seed: int = 0) -> dict:
-    """Random `ms_deform_attn` inputs shaped like the model's decoder cross-attention on images of
-    `image_hw`: levels of strides 8, 16, 32, 64; sampling locations around random reference points
-    (some fall outside [0, 1], as real ones do). Keys are `ms_deform_attn`'s argument names."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = int(image_hw[0]), int(image_hw[1])
-    shapes = [(-(-h // s), -(-w // s)) for s in (8, 16, 32, 64)[:n_levels]]
-    spatial_shapes = torch.tensor(shapes, dtype=torch.long)
-    level_start_index = torch.cat([torch.zeros(1, dtype=torch.long), spatial_shapes.prod(1).cumsum(0)[:-1]])
-    S = int(spatial_shapes.prod(1).sum())
-    ref = torch.rand(n, n_queries, 1, 1, 1, 2, generator=g)
-    loc = (ref + 0.15 * torch.randn(n, n_queries, n_heads, n_levels, n_points, 2, generator=g)).clamp(-0.1, 1.1)
-    weights = torch.rand(n, n_queries, n_heads, n_levels * n_points, generator=g).softmax(-1)
-    value = torch.randn(n, S, n_heads, head_dim, generator=g)
-    to = dict(device=device, dtype=dtype)
-    return {"value": value.to(**to), "spatial_shapes": spatial_shapes.to(device),
-            "level_start_index": level_start_index.to(device), "sampling_locations": loc.to(**to),
-            "attention_weights": weights.view(n, n_queries, n_heads, n_levels, n_points).to(**to)}
-
-
-def _timed(fn, repeats: int, sync) -> float:
-    times = []
-    for _ in range(max(1, repeats)):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
-
-
-def compare_backends(backends: Optional[Sequence[str]] = None, repeats: int = 5, device="cpu", **input_kw) -> list[dict]:
-    """Run `ms_deform_attn` with each backend on the same inputs (see `deform_inputs`).
-
-    Returns one row per backend: "backend", "device", "first call (s)" (includes numba's JIT
-    compile or the CUDA build), "forward_ms" and "backward_ms" (median of `repeats`), and
-    "max |diff| vs torch" of the output and of the gradients (value, locations, weights).
-    backends: default `ops.available_backends(device)`.
-    """
-    from . import ops
-
-    device = torch.device(device)
-    names = list(backends) if backends is not None else ops.available_backends(device)
-    if "torch" in names:
-        names.remove("torch")
-    names.insert(0, "torch")
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    base = deform_inputs(device=device, **input_kw)
-    diff_keys = ("value", "sampling_locations", "attention_weights")
-    ref = None
-    rows = []
-    for name in names:
-        x = {k: (v.clone().requires_grad_(True) if k in diff_keys else v) for k, v in base.items()}
-        t0 = time.perf_counter()
-        try:
-            out = ops.ms_deform_attn(**x, backend=name)
-        except Exception as e:                            # a backend that cannot run here
-            rows.append({"backend": name, "device": device.type, "error": f"{type(e).__name__}: {e}"[:120]})
-            continue
-        grad_out = torch.ones_like(out) / out.numel() ** 0.5
-        out.backward(grad_out)
-        sync()
-        first = time.perf_counter() - t0
-        grads = [x[k].grad.detach().clone() for k in diff_keys]
-        if ref is None:
-            ref = (out.detach(), grads)
-        x_ng = {k: v.detach() for k, v in x.items()}
-        fwd = _timed(lambda: ops.ms_deform_attn(**x_ng, backend=name), repeats, sync)
-
-        def fwd_bwd():
-            xs = {k: (v.detach().requires_grad_(True) if k in diff_keys else v) for k, v in x.items()}
-            ops.ms_deform_attn(**xs, backend=name).backward(grad_out)
-
-        both = _timed(fwd_bwd, repeats, sync)
-        rows.append({"backend": name, "device": device.type, "first call (s)": round(first, 3),
-                     "forward_ms": round(fwd, 3), "backward_ms": round(max(both - fwd, 0.0), 3),
-                     "max |diff| vs torch": float((out.detach() - ref[0]).abs().max()),
-                     "max |grad diff| vs torch": max(float((a - b).abs().max()) for a, b in zip(grads, ref[1]))})
-    return rows
+# The kernel-input generator, timer and backend comparison live in kernel_bench, shared with
+# bench/kernels.py; the notebooks keep calling them through this module.
+from .kernel_bench import compare_backends, deform_inputs  # noqa: E402
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,6 +33,31 @@ def test_kernels_bench_writes_table_and_json(tmp_path):
         assert r["forward_x_floor"] > 0 and r["forward_backward_x_floor"] > 0
     assert result["copy_bandwidth_gbs"]["cpu"] > 0
     assert "x floor" in text and "decoder" in text
+
+
+def test_kernel_bench_paper_shapes():
+    """The paper's 800 x 1333 shapes (issue 15): levels 100x167 .. 13x21, S = Lq = 22223 for the
+    encoder, Lq = 300 (N = 2) and 900 (N = 8) for the decoder (generated on the CPU, kept on "meta")."""
+    from msdetr_lite import kernel_bench
+
+    assert kernel_bench.level_shapes((800, 1333)) == [(100, 167), (50, 84), (25, 42), (13, 21)]
+    sizes = {}
+    for name in kernel_bench.SHAPE_SETS["paper"]:
+        x = kernel_bench.deform_inputs(**kernel_bench.SHAPES[name], device="meta")
+        sizes[name] = (tuple(x["value"].shape), tuple(x["sampling_locations"].shape))
+    assert sizes["paper_encoder"] == ((2, 22223, 8, 32), (2, 22223, 8, 4, 4, 2))
+    assert sizes["paper_decoder_300"][1] == (2, 300, 8, 4, 4, 2)
+    assert sizes["paper_decoder_900"] == ((8, 22223, 8, 32), (8, 900, 8, 4, 4, 2))
+
+
+def test_encoder_queries_sample_around_their_own_token():
+    from msdetr_lite import kernel_bench
+
+    x = kernel_bench.deform_inputs(n=1, n_queries=None, image_hw=(64, 96), n_heads=2, head_dim=4, n_points=8)
+    loc = x["sampling_locations"]  # [1, S, 2, 4, 8, 2]; token 0 is the top-left pixel of level 0
+    assert loc.shape[1] == x["value"].shape[1] == 8 * 12 + 4 * 6 + 2 * 3 + 1 * 2
+    assert (loc[0, 0].mean(dim=(0, 1, 2)) - torch.tensor([0.5 / 12, 0.5 / 8])).abs().max() < 0.1
+    assert (loc[0, -1].mean(dim=(0, 1, 2)) - torch.tensor([0.75, 0.5])).abs().max() < 0.1
 
 
 def test_overhead_bench_two_schemes(tmp_path):
