@@ -232,6 +232,7 @@ def test_corrupt_json(tmp_path):
     (lambda d: d["images"][0].update(width=0), r"images\[0\] \(a\.png\) 'width'"),
     (lambda d: d["images"][2].update(height=40.5), r"images\[2\] \(c\.png\) 'height'"),
     (lambda d: d["images"][1].update(id=10), r"duplicate image ids.*\[10\]"),
+    (lambda d: d.update(images=[], annotations=[]), "lists no images"),
 ])
 def test_missing_or_bad_fields_are_named(tmp_path, mutate, field):
     folder, ann = handmade(tmp_path)

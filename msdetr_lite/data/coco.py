@@ -480,6 +480,8 @@ class CocoDetection(Dataset):
         self.class_names: list[str] = [str(c["name"]) for c in cats]
 
         self.ids: list[int] = sorted(im["id"] for im in data["images"])
+        if not self.ids:
+            raise ValueError(f"annotation file {self.ann_file} lists no images")
         if max_images and max_images > 0:
             self.ids = self.ids[:max_images]
         cleaned, self.report = clean_annotations(data, self.ids, _split_name(self.ann_file))
