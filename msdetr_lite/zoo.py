@@ -31,7 +31,6 @@ it is trained again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
+
+from filelock import FileLock
 
 from .config import SUPERVISIONS, Config, apply_overrides, preset
 from .runs import Run, load_run
@@ -113,17 +114,11 @@ def ensure_data(root: Union[str, Path] = "data/shapes", quiet: bool = False) -> 
     return path
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive file lock (POSIX flock), so two processes do not train the same run at once."""
+def _lock(path: Path) -> FileLock:
+    """An exclusive lock file, so two processes (two notebooks, two pytest workers) do not
+    generate the data or train the same run at once; the second waits, then finds it done."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            import fcntl
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except ImportError:                       # not POSIX: no locking
-            pass
-        yield
+    return FileLock(path)
 
 
 def zoo_config(supervision: str, fast: Optional[bool] = None, overrides: Sequence[str] = ()) -> Config:

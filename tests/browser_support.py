@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+import psutil
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -54,58 +56,29 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# processes (/proc, Linux)
+# processes (psutil)
 
-def _ppid_map() -> dict[int, int]:
-    out = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        # the command name is in parentheses and may hold spaces: ppid is 2 fields after ')'
-        out[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    return out
-
-
-def descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[psutil.Process]:
     """Every live process below `pid` (children, grandchildren, ...)."""
-    children: dict[int, list[int]] = {}
-    for child, parent in _ppid_map().items():
-        children.setdefault(parent, []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 def cmdline(pid: int) -> list[str]:
     try:
-        return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:                  # gone, a zombie, or not ours to read
         return []
 
 
-def _start_time(pid: int) -> Optional[str]:
+def _alive(proc: psutil.Process) -> bool:
+    """Still the same process (psutil compares its start time: a reused pid is not it) and not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]
-
-
-def _alive(pid: int, start: Optional[str]) -> bool:
-    """Still the same process (pid not reused) and not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0] != "Z" and (start is None or fields[19] == start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +178,7 @@ class JupyterLabServer:
         """Kernel processes this server started (found below it in the process tree)."""
         if self.proc is None:
             return []
-        return [p for p in descendants(self.proc.pid) if "ipykernel_launcher" in " ".join(cmdline(p))]
+        return [p.pid for p in descendants(self.proc.pid) if "ipykernel_launcher" in " ".join(cmdline(p.pid))]
 
     def shutdown_kernels(self) -> None:
         try:
@@ -223,7 +196,7 @@ class JupyterLabServer:
         proc, self.proc = self.proc, None
         if proc is not None:
             # snapshot what it started (kernels sit in their own sessions) before it goes away
-            tree = [(p, _start_time(p)) for p in descendants(proc.pid)]
+            tree = descendants(proc.pid)
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)      # jupyter_server shuts its kernels down
@@ -237,20 +210,20 @@ class JupyterLabServer:
                     except ProcessLookupError:
                         pass
                     proc.wait(10)
-            for pid, start in tree:                          # leftovers, one by one, by pid
-                if _alive(pid, start):
+            for child in tree:                               # leftovers, one by one (never a reused pid)
+                if _alive(child):
                     try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
+                        child.kill()
+                    except psutil.NoSuchProcess:
                         pass
             try:
                 os.killpg(proc.pid, signal.SIGKILL)          # anything else left in its group
             except (ProcessLookupError, PermissionError):
                 pass
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(_alive(p, s) for p, s in tree):
+            deadline = time.monotonic() + 10                 # killed ones may linger as zombies: not alive
+            while time.monotonic() < deadline and any(_alive(c) for c in tree):
                 time.sleep(0.2)
-            self.leftovers = [p for p, s in tree if _alive(p, s)]
+            self.leftovers = [c.pid for c in tree if _alive(c)]
         if close_log:
             self._close_log()
 

@@ -321,3 +321,14 @@ def test_zoo_trains_once_and_caches(tmp_path, monkeypatch):
     assert zoo.run_dir("ms", fast=True, overrides=overrides + ["train.lr=1e-4"]) != run
     with pytest.raises(ValueError):
         zoo.zoo_config("nope", fast=True)
+
+
+def test_zoo_lock_is_exclusive(tmp_path):
+    """A second holder waits (here: gives up at once) while the first holds the run's lock."""
+    from filelock import Timeout
+    path = tmp_path / "new" / ".ms.lock"
+    with zoo._lock(path):
+        with pytest.raises(Timeout):
+            zoo._lock(path).acquire(timeout=0)
+    with zoo._lock(path).acquire(timeout=0):
+        pass
