@@ -1,31 +1,62 @@
-"""Checkpoints: atomic writes, `weights_only` loads, and RNG state as plain tensors.
+"""Checkpoints: atomic writes, `weights_only` loads, and a model back from a checkpoint.
 
 A checkpoint is a dict of tensors and primitive containers only, so that it loads with
 `torch.load(path, weights_only=True)` (no pickled Python objects run on load):
 
-    {"model": state_dict, "optimizer": ..., "lr_scheduler": ..., "epoch": completed epochs,
-     "step": optimizer steps so far, "rng": capture_rng(...), "config": cfg.to_dict(),
-     "best_ap": float, "best_epoch": int, "epoch_times": [seconds, ...], "world_size": int}
+    {"model": state_dict, "optimizer": ..., "epoch": completed epochs, "step": optimizer steps
+     so far, "config": cfg.to_dict(), "best_ap": float, "best_epoch": int,
+     "epoch_times": [seconds, ...], "world_size": int}
 
-Writes go to a temporary file in the same directory, then `os.replace` swaps it in: a crash
-or Ctrl-C mid-write leaves the previous checkpoint untouched.
+No RNG state and no scheduler state: the engine derives both from (config, epoch) at the start
+of every epoch (see engine.py), so a resumed run needs only the completed-epoch count.
+
+Writes go to a temporary file `.NAME.tmp-PID` in the same directory, then `os.replace` swaps it
+in: a crash or Ctrl-C mid-write leaves the previous checkpoint untouched. A process killed
+outright (SIGKILL, power loss) can leave the temporary behind; `remove_orphan_tmp` clears them
+(the engine calls it when a run starts, holding the run directory's lock).
+
+    model, cfg = load_model_from_checkpoint("runs/tiny/final.pth")   # eval mode, its config
 """
 from __future__ import annotations
 
 import os
-import random
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
+
+from msdetr_lite.config import Config, ConfigError
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-\d+$")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint (unreadable, missing entries, weights that do not
+    fit the model config)."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` -> cuda if available, else cpu; asking for cuda without it is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([f"device {name!r} was asked for but CUDA is not available; use cpu (or auto)"])
+    return device
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict) -> Path:
     """Write `obj` to `path` atomically (tmp file in the same directory + os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -38,42 +69,76 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> Path:
     return path
 
 
+def remove_orphan_tmp(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries `save_checkpoint` leaves when its process is killed mid-write
+    (`.NAME.tmp-PID` in `directory`); returns what was removed. Call it only while no other
+    process can be writing checkpoints into `directory` (the engine holds the run's lock)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    orphans = [p for p in directory.iterdir() if p.is_file() and _TMP.match(p.name)]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return orphans
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint` (tensors and plain containers only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint written by `save_checkpoint` (tensors and plain containers only).
+    A missing file raises FileNotFoundError; an unreadable one (truncated, not a torch file,
+    pickled objects) CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line})") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
 
 
-# ---------------------------------------------------------------- RNG state as tensors
-def capture_rng(generators: Optional[dict[str, torch.Generator]] = None) -> dict:
-    """RNG state of torch (CPU and CUDA), numpy, python `random` and named torch Generators,
-    as tensors / ints / floats (weights_only friendly)."""
-    np_state = np.random.get_state()          # ("MT19937", keys[624] uint32, pos, has_gauss, cached)
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _require(ckpt: dict, path, keys) -> None:
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} has no {', '.join(missing)}: not a checkpoint written by msdetr train")
 
 
-def restore_rng(state: dict, generators: Optional[dict[str, torch.Generator]] = None) -> None:
-    """Inverse of `capture_rng`."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
-    for name, g in (generators or {}).items():
-        if name in state.get("generators", {}):
-            g.set_state(state["generators"][name])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+# ---------------------------------------------------------------- a model from a checkpoint
+def build_model_from_config(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """`models.build_model(cfg.model)` on `device` (train mode, as constructed)."""
+    from msdetr_lite.models import build_model
+    return build_model(cfg.model).to(device)
+
+
+def config_from_checkpoint(ckpt: dict, path="checkpoint") -> Config:
+    """The Config a checkpoint was trained with."""
+    _require(ckpt, path, ("config",))
+    try:
+        return Config.from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config does not match this version: {e}") from e
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, path="checkpoint") -> torch.nn.Module:
+    """`model.load_state_dict(state_dict)`; weights that do not fit are a CheckpointError."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"the weights in {path} do not fit the model config "
+                              f"({str(e).splitlines()[0]} ...)") from e
+    return model
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, cfg: Optional[Config] = None,
+                               device: str | torch.device = "auto") -> tuple[torch.nn.Module, Config]:
+    """A model in eval mode from `checkpoint.pth` or `final.pth`, with the config it was trained
+    with (or `cfg`, if given; its model section must match the weights)."""
+    ckpt = load_checkpoint(path)
+    _require(ckpt, path, ("model", "config"))
+    if cfg is None:
+        cfg = config_from_checkpoint(ckpt, path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = load_weights(build_model_from_config(cfg, device), ckpt["model"], path)
+    return model.eval(), cfg

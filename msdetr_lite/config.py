@@ -12,13 +12,27 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
+import math
+import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 SUPERVISIONS = ("o2o", "ms", "hybrid", "group")
 O2M_TAPS = ("after_ca", "after_sa", "output")
 QUERY_POS = ("proposal", "reference")
 BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONE_NORMS = ("frozen_bn", "bn")
+DEFORM_BACKENDS = ("auto", "torch", "numba", "cuda", "cuda_v2")   # ops.BACKENDS (tests check they agree)
+
+
+class ConfigError(ValueError):
+    """A configuration with problems; `problems` holds one line per problem (field and why)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 @dataclass
@@ -52,20 +66,10 @@ class ModelConfig:
     deform_backend: str = "auto"          # ms_deform_attn backend: auto | torch | numba | cuda
 
     def validate(self) -> None:
-        if self.supervision not in SUPERVISIONS:
-            raise ValueError(f"model.supervision={self.supervision!r}; expected one of {SUPERVISIONS}")
-        if self.o2m_tap not in O2M_TAPS:
-            raise ValueError(f"model.o2m_tap={self.o2m_tap!r}; expected one of {O2M_TAPS}")
-        if self.query_pos not in QUERY_POS:
-            raise ValueError(f"model.query_pos={self.query_pos!r}; expected one of {QUERY_POS}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"model.backbone={self.backbone!r}; expected one of {BACKBONES}")
-        if self.d_model % self.nheads:
-            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.nheads={self.nheads}")
-        if self.num_feature_levels not in (1, 2, 3, 4):
-            raise ValueError("model.num_feature_levels must be 1..4 (strides 8, 16, 32, 64)")
-        if self.supervision == "group" and self.group_num < 2:
-            raise ValueError("model.group_num must be >= 2 for supervision=group")
+        """Raise ConfigError listing every problem of the model section."""
+        problems = section_problems("model", self)
+        if problems:
+            raise ConfigError(problems)
 
 
 @dataclass
@@ -128,8 +132,9 @@ class TrainConfig:
     device: str = "auto"
     output_dir: str = "runs/default"
     eval_every: int = 1
-    log_every: int = 10
+    log_every: int = 10                   # read losses back from the device every log_every steps
     max_steps_per_epoch: int = 0          # 0 = full epoch
+    sync_bn: bool = False                 # DDP: synchronise BatchNorm statistics over the processes
 
 
 @dataclass
@@ -143,17 +148,172 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def problems(self) -> list[str]:
+        """Every problem of every field (type, range, allowed values, cross-field rules), one
+        line each naming the field; [] for a valid config."""
+        return [p for f in dataclasses.fields(self) for p in section_problems(f.name, getattr(self, f.name))]
+
+    def validate(self) -> "Config":
+        """Raise ConfigError with all `problems()`; returns the config when there are none."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        cfg = cls()
+        """A config from `to_dict()` output (a config.json, a checkpoint's "config"). Missing
+        fields keep their defaults; unknown sections or fields raise ConfigError (all of them).
+        Values are not range-checked here: call validate()."""
+        cfg, problems = cls(), []
+        if not isinstance(d, dict):
+            raise ConfigError([f"a config must be a mapping of sections, got {type(d).__name__}"])
         for section, values in d.items():
+            if section not in SECTIONS:
+                problems.append(f"unknown config section {section!r}; known: {list(SECTIONS)}")
+                continue
+            if not isinstance(values, dict):
+                problems.append(f"config section {section!r} must be a mapping of fields")
+                continue
             sub = getattr(cfg, section)
             for k, v in values.items():
-                if not hasattr(sub, k):
-                    raise ValueError(f"unknown config field {section}.{k}")
-                cur = getattr(sub, k)
-                setattr(sub, k, tuple(v) if isinstance(cur, tuple) and isinstance(v, list) else v)
+                if k not in _field_names(sub):
+                    problems.append(f"unknown config field {section}.{k}")
+                    continue
+                setattr(sub, k, tuple(v) if _hints(type(sub))[k] is tuple and isinstance(v, list) else v)
+        if problems:
+            raise ConfigError(problems)
         return cfg
+
+
+SECTIONS = {"model": ModelConfig, "matcher": MatcherConfig, "loss": LossConfig, "data": DataConfig,
+            "train": TrainConfig}
+
+
+# ---------------------------------------------------------------- validation
+# A rule takes the field's (already type-checked) value and returns what is wrong, or None.
+Rule = Callable[[Any], Optional[str]]
+
+
+def _at_least(lo) -> Rule:
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+def _positive(v) -> Optional[str]:
+    return None if v > 0 else "must be > 0"
+
+
+def _in_range(lo, hi, hi_open: bool = False) -> Rule:
+    def rule(v):
+        ok = lo <= v < hi if hi_open else lo <= v <= hi
+        return None if ok else f"must be in [{lo}, {hi}{')' if hi_open else ']'}"
+    return rule
+
+
+def _fraction(v) -> Optional[str]:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _one_of(choices) -> Rule:
+    return lambda v: None if v in choices else f"expected one of {tuple(choices)}"
+
+
+def _not_empty(v) -> Optional[str]:
+    return None if v.strip() else "must not be empty"
+
+
+def _scales(v) -> Optional[str]:
+    if not v:
+        return "must list at least one size, e.g. (480, 512)"
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        return "must be positive integers (image sizes in px), e.g. (480, 512)"
+    return None
+
+
+def _device(v) -> Optional[str]:
+    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else "expected auto, cpu, cuda or cuda:N"
+
+
+_NON_NEGATIVE = _at_least(0)
+_RULES: dict[str, dict[str, Rule]] = {
+    "model": {
+        "backbone": _one_of(BACKBONES), "backbone_norm": _one_of(BACKBONE_NORMS),
+        "num_classes": _at_least(1), "d_model": _at_least(1), "nheads": _at_least(1),
+        "num_feature_levels": _in_range(1, 4), "n_points": _at_least(1),
+        "num_encoder_layers": _NON_NEGATIVE, "num_decoder_layers": _at_least(1),
+        "dim_feedforward": _at_least(1), "dropout": _in_range(0, 1, hi_open=True),
+        "num_queries": _at_least(1), "query_pos": _one_of(QUERY_POS), "supervision": _one_of(SUPERVISIONS),
+        "o2m_tap": _one_of(O2M_TAPS), "hybrid_num_queries": _at_least(1), "group_num": _at_least(1),
+        "deform_backend": _one_of(DEFORM_BACKENDS),
+    },
+    "matcher": {"cost_class": _NON_NEGATIVE, "cost_bbox": _NON_NEGATIVE, "cost_giou": _NON_NEGATIVE,
+                "k": _at_least(1), "tau": _in_range(0, 1), "alpha": _in_range(0, 1),
+                "max_pos_fraction": _fraction},
+    "loss": {"focal_alpha": _in_range(0, 1), "hybrid_k": _at_least(1),
+             **{f.name: _NON_NEGATIVE for f in dataclasses.fields(LossConfig)
+                if f.name not in ("focal_alpha", "hybrid_k", "iou_aware")}},
+    "data": {"root": _not_empty, "train_split": _not_empty, "val_split": _not_empty,
+             "train_scales": _scales, "val_size": _at_least(1), "max_size": _at_least(1),
+             "num_workers": _NON_NEGATIVE, "max_images": _NON_NEGATIVE},
+    "train": {"lr": _positive, "lr_backbone": _NON_NEGATIVE, "lr_linear_proj_mult": _NON_NEGATIVE,
+              "weight_decay": _NON_NEGATIVE, "clip_max_norm": _NON_NEGATIVE, "batch_size": _at_least(1),
+              "epochs": _NON_NEGATIVE, "lr_drop": _NON_NEGATIVE, "seed": _NON_NEGATIVE,
+              "device": _device, "output_dir": _not_empty, "eval_every": _NON_NEGATIVE,
+              "log_every": _at_least(1), "max_steps_per_epoch": _NON_NEGATIVE},
+}
+
+
+def _cross_field_problems(section: str, sub) -> list[str]:
+    """Rules over several fields (only checked once each field alone is fine)."""
+    if section != "model":
+        return []
+    problems = []
+    if sub.d_model % sub.nheads:
+        problems.append(f"model.d_model={sub.d_model} must be divisible by model.nheads={sub.nheads}")
+    if sub.supervision == "group" and sub.group_num < 2:
+        problems.append(f"model.group_num={sub.group_num} must be >= 2 for supervision=group")
+    return problems
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_names(sub) -> set[str]:
+    return {f.name for f in dataclasses.fields(sub)}
+
+
+def _type_problem(value, hint) -> Optional[str]:
+    """What is wrong with the type of `value` for a field annotated `hint`, or None."""
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        return None if math.isfinite(value) else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be a string"
+    if hint is tuple:
+        return None if isinstance(value, tuple) else "must be a tuple, e.g. (480, 512)"
+    if hint == Optional[str]:
+        return None if value is None or isinstance(value, str) else "must be a string or none"
+    raise TypeError(f"no type check for annotation {hint!r}")       # a new field type: add it here
+
+
+def section_problems(section: str, sub) -> list[str]:
+    """The problems of one config section (e.g. "model", cfg.model), one line per problem."""
+    problems = []
+    for name, hint in _hints(type(sub)).items():
+        value = getattr(sub, name)
+        problem = _type_problem(value, hint)
+        if problem is None and name in _RULES.get(section, {}):
+            problem = _RULES[section][name](value)
+        if problem:
+            problems.append(f"{section}.{name}={value!r}: {problem}")
+    return problems or _cross_field_problems(section, sub)
 
 
 def preset(name: str) -> Config:
@@ -180,41 +340,67 @@ def preset(name: str) -> Config:
     raise ValueError(f"unknown preset {name!r}; expected 'tiny' or 'r50'")
 
 
-def _parse_value(text: str, current: Any) -> Any:
-    if isinstance(current, bool):
+def _parse_value(text: str, hint: Any) -> Any:
+    """The value of `text` for a field annotated `hint` (bool, int, float, str, tuple, Optional[str])."""
+    if hint is bool:
         low = text.lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if isinstance(current, tuple):
-        return tuple(ast.literal_eval(text if text.startswith(("(", "[")) else f"({text},)"))
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
-    if current is None:
+        raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    if hint is tuple:
+        try:
+            value = ast.literal_eval(text if text.startswith(("(", "[")) else f"({text},)")
+        except (ValueError, SyntaxError):
+            value = None
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(f"expected a tuple such as (480, 512) or 480,512, got {text!r}")
+        return tuple(value)
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    if hint == Optional[str]:
         return None if text.lower() in ("none", "") else text
     return text
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply `section.field=value` strings (e.g. `model.supervision=o2o`) in place."""
+def override_problems(cfg: Config, overrides: list[str]) -> list[str]:
+    """Apply `section.field=value` strings in place; returns the ones that could not be applied
+    (malformed, unknown section or field, unparsable value), one line each."""
+    problems = []
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"override {item!r} is not of the form section.field=value")
+            problems.append(f"override {item!r} is not of the form section.field=value")
+            continue
         key, text = item.split("=", 1)
         section, name = key.split(".", 1)
-        if not hasattr(cfg, section):
-            raise ValueError(f"unknown config section {section!r} in {item!r}")
+        if section not in SECTIONS:
+            problems.append(f"unknown config section {section!r} in {item!r}; known: {list(SECTIONS)}")
+            continue
         sub = getattr(cfg, section)
-        if name not in {f.name for f in dataclasses.fields(sub)}:
-            raise ValueError(f"unknown config field {key!r}; known: "
-                             f"{sorted(f.name for f in dataclasses.fields(sub))}")
+        if name not in _field_names(sub):
+            problems.append(f"unknown config field {key!r}; known: {sorted(_field_names(sub))}")
+            continue
         try:
-            setattr(sub, name, _parse_value(text, getattr(sub, name)))
-        except (ValueError, SyntaxError) as e:
-            raise ValueError(f"bad value for {key}: {e}") from None
-    cfg.model.validate()
+            setattr(sub, name, _parse_value(text, _hints(type(sub))[name]))
+        except ValueError as e:
+            problems.append(f"bad value for {key}: {e}")
+    return problems
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.field=value` strings (e.g. `model.supervision=o2o`) in place, then validate
+    the whole config; raises ConfigError listing every problem (bad overrides and bad fields)."""
+    problems = override_problems(cfg, overrides)
+    problems += [p for p in cfg.problems() if p not in problems]
+    if problems:
+        raise ConfigError(problems)
     return cfg

@@ -1,20 +1,39 @@
-"""Training: one `train(cfg)` function to read top to bottom, plus a few small pieces.
+"""Training: `train(cfg)` sets a run up, then per epoch `train_one_epoch`, evaluation, checkpoint.
 
     from msdetr_lite.config import preset, apply_overrides
     from msdetr_lite.engine import train
     cfg = apply_overrides(preset("tiny"), ["model.supervision=o2o", "train.epochs=3"])
     summary = train(cfg)                 # writes cfg.train.output_dir/{config.json, metrics.jsonl,
                                          #   checkpoint.pth, final.pth, eval.json}
+    train(cfg, on_epoch_end=lambda epoch, s: print(epoch, s["losses"]["loss"]))   # a per-epoch hook
 
 Multi-GPU / multi-node: launch the same command with torchrun, e.g.
     torchrun --nproc_per_node 8 -m msdetr_lite train --preset r50
 `train.batch_size` is the total batch over all processes. Only rank 0 writes files or prints.
 
+Run directory. A directory that holds a run (checkpoint.pth, final.pth or metrics.jsonl) is only
+continued (`resume=True`, `--resume`) or replaced (`overwrite=True`, `--overwrite`), never silently
+overwritten. While a run trains, rank 0 holds the lock `.train.lock` in it (released on any exit;
+the operating system drops it if the process dies), so a second training into the same directory
+stops at once. Temporaries of a checkpoint write that was killed are removed at the next start.
+
 Reproducibility and resume. Every epoch starts from seeds derived from (seed, epoch, rank):
 the sampler's shuffle (seed + epoch, shared by the ranks), torch / numpy / random, the
-DataLoader workers and the o2m matcher's generator. Epoch e therefore does not depend on how
-the run got there, and `--resume` (continue after the last completed epoch) reproduces an
-uninterrupted run. The checkpoint also stores rank 0's RNG states at the epoch boundary.
+DataLoader workers and the o2m matcher's generator. This is the one mechanism: epoch e does not
+depend on how the run got there, so `--resume` (continue after the last completed epoch)
+reproduces an uninterrupted run bit for bit, and checkpoints carry no RNG state.
+
+Learning-rate schedule. Each group's lr is a function of (config, epoch), set at every epoch
+start (`apply_schedule`), as is the weight decay. Resuming with changed train.lr, lr_backbone,
+lr_linear_proj_mult, lr_drop, weight_decay, epochs (or any other non-model field) applies the new
+values from the next epoch on; the changes are printed and kept in a "resume" record of
+metrics.jsonl, and config.json holds the new config. Model fields must match the checkpoint.
+
+Host-device synchronisation (nanoGPT's rule). Values are read back from the device at one
+marked sync point, on logged steps (every `train.log_every`-th and the last of an epoch), and
+once per epoch (the mean losses, accumulated on the device). The other per-step read is
+clip_grad_norm_'s non-finite check (one bool), which stops training before a NaN/inf reaches the
+weights.
 """
 from __future__ import annotations
 
@@ -26,24 +45,34 @@ import os
 import random
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from filelock import FileLock, Timeout
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from msdetr_lite.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from msdetr_lite.config import Config
+from msdetr_lite.checkpoint import (build_model_from_config, load_checkpoint, load_model_from_checkpoint,
+                                    load_weights, remove_orphan_tmp, resolve_device, save_checkpoint)
+from msdetr_lite.config import Config, ConfigError
+from msdetr_lite.data.loaders import build_train_loader, build_val_loader
+
+# moved to checkpoint.py / data/loaders.py; importable from here as before
+__all__ = ["train", "train_one_epoch", "setup", "NonFiniteLossError", "RunDirError", "build_optimizer",
+           "apply_schedule", "resolve_device", "seed_everything", "build_model_from_config",
+           "load_model_from_checkpoint", "build_val_loader"]
 
 CHECKPOINT = "checkpoint.pth"        # last completed epoch: everything needed to resume
 FINAL = "final.pth"                  # trained weights + config (what `msdetr eval` reads)
-METRICS = "metrics.jsonl"            # one JSON record per logged step and per epoch
+METRICS = "metrics.jsonl"            # one JSON record per logged step and per epoch (+ "resume")
 EVAL = "eval.json"                   # final AP per decoder layer
+LOCK = ".train.lock"                 # held by the training process while it runs
+RUN_FILES = (CHECKPOINT, FINAL, METRICS)   # any of these: the directory holds a run
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,23 +81,20 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, epoch: int, step: int, terms: dict, checkpoint: Optional[str] = None):
         self.epoch, self.step, self.terms, self.checkpoint = epoch, step, dict(terms), checkpoint
         names = ", ".join(f"{k}={v}" for k, v in self.terms.items())
-        where = (f"the last good checkpoint {checkpoint} is unchanged; lower train.lr or check the "
-                 f"data, then continue with --resume" if checkpoint else
-                 "no checkpoint was written yet")
+        # resume applies a changed train.lr from the next epoch on (see the module docstring)
+        where = (f"the last good checkpoint {checkpoint} is unchanged; lower train.lr (e.g. "
+                 f"train.lr=<half the current value>) or check the data, then continue with the same "
+                 f"command plus the new value and --resume" if checkpoint else
+                 "no checkpoint was written yet; lower train.lr or check the data and start again")
         super().__init__(f"non-finite values at epoch {epoch}, step {step}: {names}; {where}")
 
 
-# ---------------------------------------------------------------- small pieces
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` -> cuda if available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu")
-    return device
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked: it holds a run (neither resume nor overwrite),
+    another process trains into it, or its checkpoint cannot be resumed with this config."""
 
 
+# ---------------------------------------------------------------- processes and seeds
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -117,17 +143,32 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def _seed_worker(worker_id: int) -> None:
-    # DataLoader seeds torch in each worker from its generator; derive numpy / random from it
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _mean_over_ranks(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """x averaged over the processes (a collective: every rank must call it); x itself unchanged."""
+    if not info.enabled:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / info.world_size
+
+
+def _raise_together(info: DistInfo, error: Optional[Exception]) -> None:
+    """Rank 0 alone touches the run directory; if it failed, every rank raises (instead of the
+    others waiting for it at the next collective until the 30-minute timeout)."""
+    if info.enabled:
+        message = [str(error) if error else None]
+        dist.broadcast_object_list(message, src=0)
+        if error is None and message[0] is not None:
+            raise RunDirError(message[0])
+    if error is not None:
+        raise error
+
+
+# ---------------------------------------------------------------- optimizer and schedule
 def param_group_name(name: str) -> str:
     """Which learning-rate group a parameter belongs to (the paper's three groups)."""
     if name.startswith("backbone."):
@@ -137,12 +178,17 @@ def param_group_name(name: str) -> str:
     return "default"
 
 
+def group_lrs(train_cfg) -> dict[str, float]:
+    """Base learning rate of each parameter group: default lr; backbone lr_backbone; sampling
+    offsets and reference points lr * lr_linear_proj_mult."""
+    return {"default": train_cfg.lr, "backbone": train_cfg.lr_backbone,
+            "linear_proj": train_cfg.lr * train_cfg.lr_linear_proj_mult}
+
+
 def build_optimizer(model: torch.nn.Module, train_cfg) -> torch.optim.AdamW:
-    """AdamW with the paper's parameter groups:
-    default lr; backbone lr_backbone; sampling offsets and reference points lr * lr_linear_proj_mult.
-    Frozen parameters (requires_grad=False) are left out. Each group carries a `name`."""
-    lrs = {"default": train_cfg.lr, "backbone": train_cfg.lr_backbone,
-           "linear_proj": train_cfg.lr * train_cfg.lr_linear_proj_mult}
+    """AdamW with the paper's parameter groups (`group_lrs`). Frozen parameters
+    (requires_grad=False) are left out. Each group carries a `name`."""
+    lrs = group_lrs(train_cfg)
     groups: dict[str, list] = {k: [] for k in lrs}
     for name, p in unwrap(model).named_parameters():
         if p.requires_grad:
@@ -153,11 +199,50 @@ def build_optimizer(model: torch.nn.Module, train_cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)
 
 
-def build_lr_scheduler(optimizer, train_cfg):
-    """Step schedule: lr x0.1 after `lr_drop` epochs (stepped once per epoch)."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[train_cfg.lr_drop], gamma=0.1)
+def lr_factor(train_cfg, epoch: int) -> float:
+    """The step schedule: x1, then x0.1 from (0-based) epoch `lr_drop` on."""
+    return 0.1 if epoch >= train_cfg.lr_drop else 1.0
 
 
+def apply_schedule(optimizer: torch.optim.Optimizer, train_cfg, epoch: int) -> dict[str, float]:
+    """Set every group's lr (group_lrs x lr_factor) and weight decay for `epoch` from the config.
+    A function of (config, epoch) only, so a resumed run follows the config it resumes with.
+    Returns the lr per group name."""
+    base, factor = group_lrs(train_cfg), lr_factor(train_cfg, epoch)
+    for g in optimizer.param_groups:
+        g["lr"] = base[g["name"]] * factor
+        g["weight_decay"] = train_cfg.weight_decay
+    return current_lrs(optimizer)
+
+
+def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the total gradient norm to `max_norm` (0 = no clipping); returns the norm (a device
+    tensor). Raises RuntimeError if the norm is NaN/inf: a non-finite loss gives non-finite
+    gradients, and this stops them before optimizer.step() writes them into the weights."""
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"),
+                                          error_if_nonfinite=True)
+
+
+def maybe_sync_batchnorm(model: torch.nn.Module, train_cfg, info: DistInfo,
+                         device: torch.device) -> torch.nn.Module:
+    """With train.sync_bn under DDP (more than one process), BatchNorm layers (backbone_norm=bn)
+    use the batch statistics of all processes (SyncBatchNorm). Otherwise the model unchanged:
+    one process, or frozen_bn (nothing is estimated)."""
+    if not (train_cfg.sync_bn and info.enabled):
+        return model
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if device.type != "cuda":
+        raise ConfigError([f"train.sync_bn=True needs CUDA (torch's SyncBatchNorm runs on GPUs), "
+                           f"the device is {device}; set train.sync_bn=false"])
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+# ---------------------------------------------------------------- small pieces
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """(MiB, what it measures): CUDA max allocated since the last reset, or the process's
     peak resident set size on CPU (ru_maxrss, monotonic over the process lifetime)."""
@@ -182,31 +267,18 @@ def _float_tree(x):
     return x
 
 
-def build_model_from_config(cfg: Config, device: torch.device) -> torch.nn.Module:
-    from msdetr_lite.models import build_model
-    return build_model(cfg.model).to(device)
+def _loss_vector(loss_dict: dict) -> tuple[list[str], torch.Tensor]:
+    """(sorted names, float32 [T] detached values) of the criterion's scalar terms."""
+    names = sorted(k for k, v in loss_dict.items() if torch.is_tensor(v) and v.numel() == 1)
+    return names, torch.stack([loss_dict[k].detach().float().reshape(()) for k in names])
 
 
-def load_model_from_checkpoint(path: str | os.PathLike, cfg: Optional[Config] = None,
-                               device: str | torch.device = "auto") -> tuple[torch.nn.Module, Config]:
-    """A model in eval mode from `checkpoint.pth` or `final.pth`, with the config it was trained
-    with (or `cfg`, if given; its model section must match the weights)."""
-    ckpt = load_checkpoint(path)
-    if cfg is None:
-        cfg = Config.from_dict(ckpt["config"])
-    device = resolve_device(device) if isinstance(device, str) else device
-    model = build_model_from_config(cfg, device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg
+def _non_finite(named: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in named.items() if k.startswith("loss") and not math.isfinite(v)}
 
 
-def build_val_loader(cfg: Config, dataset, batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """In order; under torch.distributed each rank gets its share (evaluate() gathers them)."""
-    from msdetr_lite.data import collate
-    sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-               if world_size > 1 else SequentialSampler(dataset))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=cfg.data.num_workers, drop_last=False)
+def _all_finite(params) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -223,249 +295,424 @@ def _keep_metrics_before(path: Path, completed_epochs: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _check_resumable(saved: dict, cfg: Config) -> None:
-    mismatched = [k for k, v in cfg.to_dict()["model"].items()
-                  if k in saved["model"] and _plain(saved["model"][k]) != _plain(v)]
-    if mismatched:
-        raise ValueError("cannot resume: the checkpoint's model config differs in "
-                         + ", ".join(f"model.{k} (checkpoint {saved['model'][k]!r}, now "
-                                     f"{getattr(cfg.model, k)!r})" for k in mismatched))
-
-
 def _plain(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-# ---------------------------------------------------------------- the training loop
-def train(cfg: Config, resume: bool = False, progress: bool = True,
-          find_unused_parameters: bool = False) -> dict:
-    """Train `cfg`, evaluating every `train.eval_every` epochs; returns a summary dict:
-    output_dir, epochs, steps, eval (final AP per layer), best_ap, best_epoch, epoch_times,
-    checkpoint, final, and `model` (the trained, unwrapped nn.Module; not JSON)."""
-    from msdetr_lite.data import build_dataset, collate
-    from msdetr_lite.evaluation import evaluate
+def _check_resumable(saved: dict, cfg: Config, ckpt_path: Path, completed: int) -> None:
+    mismatched = [k for k, v in cfg.to_dict()["model"].items()
+                  if k in saved["model"] and _plain(saved["model"][k]) != _plain(v)]
+    if mismatched:
+        raise RunDirError(f"cannot resume {ckpt_path}: the checkpoint's model config differs in "
+                          + ", ".join(f"model.{k} (checkpoint {saved['model'][k]!r}, now "
+                                      f"{getattr(cfg.model, k)!r})" for k in mismatched)
+                          + "; use the checkpoint's values or --overwrite to start again")
+    if completed > cfg.train.epochs:
+        raise RunDirError(f"cannot resume {ckpt_path}: it has completed {completed} epochs, more than "
+                          f"train.epochs={cfg.train.epochs}; pass train.epochs={completed} or more "
+                          f"(or --overwrite to start again)")
+
+
+def config_changes(saved: dict, cfg: Config) -> dict[str, list]:
+    """Non-model fields whose value differs from a checkpoint's config: {"train.lr": [old, new]}.
+    Not listed: train.output_dir (where the run lives, e.g. a copied run directory) and fields the
+    checkpoint does not have (added later)."""
+    changes = {}
+    for section, values in cfg.to_dict().items():
+        if section == "model":
+            continue
+        for k, v in values.items():
+            old = saved.get(section, {}).get(k, v)
+            if _plain(old) != _plain(v) and f"{section}.{k}" != "train.output_dir":
+                changes[f"{section}.{k}"] = [old, v]
+    return changes
+
+
+# ---------------------------------------------------------------- the run directory
+def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> FileLock:
+    """Create `out`, take its lock and check that this run may write there; returns the held
+    lock (release it when the run ends). Removes orphaned checkpoint temporaries; with
+    `overwrite`, the previous run's files."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create train.output_dir {out}: {e.strerror or e}") from e
+    lock = FileLock(out / LOCK, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunDirError(f"another training process is writing to {out} (it holds {out / LOCK}); "
+                          f"wait for it to finish or choose another train.output_dir") from None
+    try:
+        existing = [name for name in RUN_FILES if (out / name).exists()]
+        if existing and not (resume or overwrite):
+            raise RunDirError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume "
+                              f"(train(..., resume=True)) or replace it with --overwrite "
+                              f"(train(..., overwrite=True))")
+        if overwrite:
+            for name in (CHECKPOINT, FINAL, METRICS, EVAL):
+                (out / name).unlink(missing_ok=True)
+        for orphan in remove_orphan_tmp(out):
+            tqdm.write(f"removed {orphan}: left by an interrupted checkpoint write")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+# ---------------------------------------------------------------- setup
+@dataclass
+class Run:
+    """What `setup` builds for one training run, and its progress (restored on resume)."""
+    cfg: Config
+    device: torch.device
+    dist: DistInfo
+    out: Path
+    train_loader: DataLoader
+    sampler: DistributedSampler
+    loader_gen: torch.Generator           # seeds the DataLoader workers
+    val_loader: DataLoader
+    steps_per_epoch: int
+    model: torch.nn.Module                # DDP-wrapped under torch.distributed
+    criterion: torch.nn.Module
+    matcher_gen: torch.Generator          # the o2m matcher's random subsets (CPU)
+    optimizer: torch.optim.Optimizer
+    params: list
+    use_amp: bool
+    epoch: int = 0                        # completed epochs
+    step: int = 0                         # optimizer steps so far
+    best_ap: float = -1.0
+    best_epoch: int = -1
+    epoch_times: list = field(default_factory=list)
+    last_good: Optional[str] = None       # the checkpoint this run can resume from
+    changes: dict = field(default_factory=dict)   # on resume: config fields changed since the checkpoint
+
+    @property
+    def raw_model(self) -> torch.nn.Module:
+        return unwrap(self.model)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.rank == 0
+
+    def say(self, msg: str) -> None:
+        if self.is_main:
+            tqdm.write(msg)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else contextlib.nullcontext()
+
+
+def setup(cfg: Config, info: DistInfo, device: torch.device, resume: bool,
+          find_unused_parameters: bool = False) -> Run:
+    """Data, model, criterion, optimizer; with `resume`, the state of out/checkpoint.pth."""
+    from msdetr_lite.data import build_dataset
     from msdetr_lite.losses import SetCriterion
 
     tc = cfg.train
+    if tc.batch_size % info.world_size:
+        raise ConfigError([f"train.batch_size={tc.batch_size} (the total batch) must be divisible "
+                           f"by the number of processes ({info.world_size})"])
+    per_rank_batch = tc.batch_size // info.world_size
+    seed_everything(tc.seed)                       # identical model init on every rank
+
+    train_ds = build_dataset(cfg.data, "train")
+    val_ds = build_dataset(cfg.data, "val")
+    cfg.model.num_classes = train_ds.num_classes
+    cfg.model.validate()
+    pin = device.type == "cuda"
+    train_loader, sampler, loader_gen = build_train_loader(cfg, train_ds, per_rank_batch, info.rank,
+                                                           info.world_size, pin_memory=pin)
+    val_loader = build_val_loader(cfg, val_ds, per_rank_batch, info.rank, info.world_size, pin_memory=pin)
+    steps = len(train_loader)
+    if tc.max_steps_per_epoch > 0:
+        steps = min(steps, tc.max_steps_per_epoch)
+
+    model = build_model_from_config(cfg, device)
+    matcher_gen = torch.Generator()
+    criterion = SetCriterion(cfg.model.num_classes, cfg.loss, cfg.matcher, cfg.model.supervision,
+                             cfg.model.num_queries, cfg.model.group_num, generator=matcher_gen)
+    optimizer = build_optimizer(model, tc)
+    run = Run(cfg, device, info, Path(tc.output_dir), train_loader, sampler, loader_gen, val_loader, steps,
+              model, criterion, matcher_gen, optimizer, params=[], use_amp=tc.amp and device.type == "cuda")
+    if resume:
+        _resume(run)
+
+    model = maybe_sync_batchnorm(model, tc, info, device)
+    if info.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=find_unused_parameters)
+    run.model = model
+    run.params = [p for p in run.raw_model.parameters() if p.requires_grad]
+    return run
+
+
+def _resume(run: Run) -> None:
+    """Load out/checkpoint.pth into `run` (weights, optimizer moments, progress), if there is one."""
+    path = run.out / CHECKPOINT
+    if not path.exists():
+        run.say(f"--resume: no checkpoint at {path}, starting from scratch")
+        return
+    ckpt = load_checkpoint(path)
+    _check_resumable(ckpt["config"], run.cfg, path, ckpt["epoch"])
+    load_weights(run.model, ckpt["model"], path)
+    # the optimizer state brings the checkpoint's lr / weight decay: apply_schedule resets them
+    # from the current config at every epoch start
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.epoch, run.step = ckpt["epoch"], ckpt["step"]
+    run.best_ap, run.best_epoch = ckpt["best_ap"], ckpt["best_epoch"]
+    run.epoch_times = list(ckpt["epoch_times"])
+    run.last_good = str(path)
+    run.changes = config_changes(ckpt["config"], run.cfg)
+    run.say(f"resumed from {path}: {run.epoch} epochs, {run.step} steps done")
+    for key, (old, new) in run.changes.items():
+        run.say(f"  {key}: {old!r} -> {new!r} (applies from epoch {run.epoch + 1})")
+
+
+def _start_metrics(run: Run, resume: bool) -> None:
+    """config.json (the config this run trains with) and metrics.jsonl (kept up to the
+    checkpoint on resume, plus a record of changed fields)."""
+    metrics = run.out / METRICS
+    (run.out / "config.json").write_text(json.dumps(run.cfg.to_dict(), indent=2) + "\n")
+    if not resume:
+        metrics.write_text("")
+        return
+    _keep_metrics_before(metrics, run.epoch)
+    if run.changes:
+        _append_jsonl(metrics, {"type": "resume", "epoch": run.epoch, "step": run.step,
+                                "changed": run.changes})
+
+
+# ---------------------------------------------------------------- one epoch
+def _is_log_step(it: int, steps: int, log_every: int) -> bool:
+    return it % log_every == 0 or it == steps - 1
+
+
+def _stop_non_finite(run: Run, epoch: int, names: list[str], values: torch.Tensor) -> NonFiniteLossError:
+    """The error for a non-finite gradient norm at this step, naming the loss terms that are
+    non-finite (averaged over ranks: every rank is here, as DDP made the gradients equal)."""
+    named = dict(zip(names, _mean_over_ranks(values, run.dist).tolist()))
+    terms = _non_finite(named)
+    if not terms:
+        grads = [p.grad for p in run.params if p.grad is not None]
+        terms = {"grad_norm": float(torch.nn.utils.get_total_norm(grads))}
+    return NonFiniteLossError(epoch + 1, run.step + 1, terms, run.last_good)
+
+
+def train_one_epoch(run: Run, epoch: int, progress: bool = True) -> dict:
+    """One epoch (0-based `epoch`) of optimizer steps. Returns {"losses": mean of every loss term
+    over the epoch's steps and ranks, "steps": steps taken, "epoch_time": seconds}. Logged
+    steps go to metrics.jsonl with their own (rank-averaged) losses, lr, grad norm, timing."""
+    tc, model, optimizer, device = run.cfg.train, run.model, run.optimizer, run.device
+    metrics = run.out / METRICS
+    model.train()
+    sums, names, n_steps = None, None, 0
+    steps_since_log, data_time = 0, 0.0
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+               disable=not (progress and run.is_main), dynamic_ncols=True, leave=False)
+    t_epoch = t_log = t_data = time.perf_counter()
+    for it, (images, masks, targets) in enumerate(run.train_loader):
+        if it >= run.steps_per_epoch:
+            break
+        data_time += time.perf_counter() - t_data
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        targets = targets_to(targets, device)
+        with run.autocast():
+            outputs = model(images, masks)
+        loss_dict = run.criterion(_float_tree(outputs) if run.use_amp else outputs, targets)
+        step_names, values = _loss_vector(loss_dict)
+        if names is None:
+            names, sums = step_names, torch.zeros(len(step_names), dtype=torch.float64, device=values.device)
+        elif step_names != names:
+            raise RuntimeError(f"the criterion's loss terms changed within an epoch: {names} -> {step_names}")
+
+        optimizer.zero_grad(set_to_none=True)
+        loss_dict["loss"].backward()
+        try:
+            grad_norm = clip_gradients(run.params, tc.clip_max_norm)
+        except RuntimeError as e:
+            raise _stop_non_finite(run, epoch, names, values) from e
+        optimizer.step()
+        run.step += 1
+        n_steps += 1
+        steps_since_log += 1
+        sums += values                                  # on the device: no read-back per step
+
+        if _is_log_step(it, run.steps_per_epoch, tc.log_every):
+            # sync point: the only per-step read of values from the device (the stream runs
+            # up to here, so the time since the last one is what those steps took)
+            reduced = torch.cat([_mean_over_ranks(values, run.dist), grad_norm.reshape(1).float()])
+            *host, grad_norm_value = reduced.tolist()
+            logged = dict(zip(names, host))
+            now = time.perf_counter()
+            if _non_finite(logged):
+                raise NonFiniteLossError(epoch + 1, run.step, _non_finite(logged), run.last_good)
+            if run.is_main:
+                mem, mem_kind = peak_memory_mb(device)
+                _append_jsonl(metrics, {
+                    "type": "step", "epoch": epoch + 1, "iter": it, "step": run.step, "losses": logged,
+                    "lr": current_lrs(optimizer), "grad_norm": grad_norm_value,
+                    # means over the steps since the previous logged step
+                    "step_time": (now - t_log) / steps_since_log, "data_time": data_time / steps_since_log,
+                    "peak_mem_mb": mem, "peak_mem_kind": mem_kind})
+            bar.set_postfix(loss=f"{logged['loss']:.3f}", lr=f"{current_lrs(optimizer)['default']:.1e}")
+            t_log, steps_since_log, data_time = now, 0, 0.0
+        bar.update()
+        t_data = time.perf_counter()
+    bar.close()
+    if n_steps == 0:
+        return {"losses": {}, "steps": 0, "epoch_time": time.perf_counter() - t_epoch}
+    # the epoch's second read: the mean losses (float64 sums over the steps, averaged over ranks)
+    means = dict(zip(names, (_mean_over_ranks(sums, run.dist) / n_steps).tolist()))
+    if _non_finite(means):
+        raise NonFiniteLossError(epoch + 1, run.step, _non_finite(means), run.last_good)
+    return {"losses": means, "steps": n_steps, "epoch_time": time.perf_counter() - t_epoch}
+
+
+# ---------------------------------------------------------------- evaluation and checkpoints
+def _evaluate(run: Run, progress: bool) -> dict:
+    """AP per decoder layer on the val set (all ranks share it; evaluate() gathers, all get the AP)."""
+    from msdetr_lite.evaluation import evaluate
+    result = evaluate(run.raw_model, run.val_loader, run.device, layers="all", progress=progress and run.is_main)
+    return json.loads(json.dumps(result, default=float))        # plain floats (JSON, checkpoints)
+
+
+def _save_checkpoint(run: Run) -> None:
+    """out/checkpoint.pth for the completed epochs, atomically, and only with finite weights."""
+    if not _all_finite(run.raw_model.parameters()):
+        raise NonFiniteLossError(run.epoch, run.step, {"parameters": float("nan")}, run.last_good)
+    path = run.out / CHECKPOINT
+    if run.is_main:
+        save_checkpoint(path, {
+            "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "epoch": run.epoch, "step": run.step, "config": run.cfg.to_dict(), "best_ap": run.best_ap,
+            "best_epoch": run.best_epoch, "epoch_times": run.epoch_times, "world_size": run.dist.world_size})
+    run.last_good = str(path)
+
+
+def _log_epoch(run: Run, result: dict, lrs: dict, eval_result: Optional[dict], eval_time: float) -> None:
+    mem, mem_kind = peak_memory_mb(run.device)
+    if not run.is_main:
+        return
+    _append_jsonl(run.out / METRICS, {
+        "type": "epoch", "epoch": run.epoch, "step": run.step, "steps": result["steps"],
+        "losses": result["losses"], "lr": lrs, "epoch_time": result["epoch_time"], "eval_time": eval_time,
+        "eval": eval_result, "peak_mem_mb": mem, "peak_mem_kind": mem_kind})
+    ap_text = f", AP {eval_result['final']['AP']:.3f}" if eval_result else ""
+    run.say(f"epoch {run.epoch}/{run.cfg.train.epochs}: loss {result['losses'].get('loss', float('nan')):.4f}, "
+            f"{result['epoch_time']:.1f}s{ap_text}")
+
+
+def _finish(run: Run, final_eval: Optional[dict], progress: bool) -> dict:
+    """final.pth and eval.json; the summary `train` returns."""
+    tc, out = run.cfg.train, run.out
+    if final_eval is None:
+        final_eval = _evaluate(run, progress)
+    n_params = sum(p.numel() for p in run.params)
+    if run.is_main:
+        save_checkpoint(out / FINAL, {"model": run.raw_model.state_dict(), "config": run.cfg.to_dict(),
+                                      "epoch": tc.epochs, "eval": final_eval})
+        report = {**final_eval, "epoch": tc.epochs, "supervision": run.cfg.model.supervision,
+                  "best_ap": run.best_ap, "best_epoch": run.best_epoch, "epoch_times": run.epoch_times,
+                  "mean_epoch_time": float(np.mean(run.epoch_times)) if run.epoch_times else None,
+                  "trainable_params": n_params, "world_size": run.dist.world_size}
+        (out / EVAL).write_text(json.dumps(report, indent=2, default=float) + "\n")
+        run.say(f"done: final AP {final_eval['final']['AP']:.4f} -> {out / EVAL}")
+    return {"output_dir": str(out), "epochs": tc.epochs, "steps": run.step, "eval": final_eval,
+            "best_ap": run.best_ap, "best_epoch": run.best_epoch, "epoch_times": run.epoch_times,
+            "checkpoint": str(out / CHECKPOINT), "final": str(out / FINAL), "model": run.raw_model}
+
+
+# ---------------------------------------------------------------- the training loop
+EpochHook = Callable[[int, dict], None]
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, find_unused_parameters: bool = False,
+          overwrite: bool = False, on_epoch_end: Optional[EpochHook] = None) -> dict:
+    """Train `cfg`, evaluating every `train.eval_every` epochs; returns a summary dict:
+    output_dir, epochs, steps, eval (final AP per layer), best_ap, best_epoch, epoch_times,
+    checkpoint, final, and `model` (the trained, unwrapped nn.Module; not JSON).
+
+    resume: continue train.output_dir/checkpoint.pth; overwrite: replace the run there. Without
+        either, a directory that holds a run is a RunDirError (nothing is touched).
+    on_epoch_end(epoch, summary): called on rank 0 after each epoch's checkpoint is written, with
+        the completed epoch (1-based) and {"epoch", "step", "losses" (epoch means), "lr",
+        "eval" (or None), "best_ap", "best_epoch", "epoch_times", "checkpoint", "model"}.
+    """
+    if resume and overwrite:
+        raise ConfigError(["resume and overwrite exclude each other: --resume continues the run in "
+                           "train.output_dir, --overwrite replaces it"])
+    cfg.validate()
+    tc = cfg.train
     device = resolve_device(tc.device)
-    dist_info, device = init_distributed(device)
-    rank, world = dist_info.rank, dist_info.world_size
-    is_main = rank == 0
-    say = (lambda msg: tqdm.write(msg)) if is_main else (lambda msg: None)
+    info, device = init_distributed(device)
     out = Path(tc.output_dir)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-
+    lock = None
     try:
-        if tc.batch_size % world:
-            raise ValueError(f"train.batch_size={tc.batch_size} (the total batch) must be divisible "
-                             f"by the number of processes ({world})")
-        per_rank_batch = tc.batch_size // world
-        seed_everything(tc.seed)                   # identical model init on every rank
+        error = None
+        if info.rank == 0:
+            try:
+                lock = claim_run_dir(out, resume, overwrite)
+            except RunDirError as e:
+                error = e
+        _raise_together(info, error)
 
-        # ---- data
-        train_ds = build_dataset(cfg.data, "train")
-        val_ds = build_dataset(cfg.data, "val")
-        cfg.model.num_classes = train_ds.num_classes
-        cfg.model.validate()
-        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                     seed=tc.seed, drop_last=False)
-        batch_sampler = BatchSampler(sampler, per_rank_batch, drop_last=True)
-        if len(batch_sampler) == 0:
-            raise ValueError(f"the training split has {len(train_ds)} images, fewer than one batch "
-                             f"of {per_rank_batch} per process")
-        loader_gen = torch.Generator()
-        train_loader = DataLoader(train_ds, batch_sampler=batch_sampler, collate_fn=collate,
-                                  num_workers=cfg.data.num_workers, worker_init_fn=_seed_worker,
-                                  generator=loader_gen, pin_memory=device.type == "cuda")
-        val_loader = build_val_loader(cfg, val_ds, per_rank_batch, rank, world)
-        steps_per_epoch = len(train_loader)
-        if tc.max_steps_per_epoch > 0:
-            steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
-
-        # ---- model, loss, optimizer
-        model = build_model_from_config(cfg, device)
-        matcher_gen = torch.Generator()            # the o2m matcher's random subsets (CPU)
-        criterion = SetCriterion(cfg.model.num_classes, cfg.loss, cfg.matcher, cfg.model.supervision,
-                                 cfg.model.num_queries, cfg.model.group_num, generator=matcher_gen)
-        optimizer = build_optimizer(model, tc)
-        lr_scheduler = build_lr_scheduler(optimizer, tc)
-        generators = {"matcher": matcher_gen, "loader": loader_gen}
-
-        # ---- resume
-        start_epoch, step, best_ap, best_epoch, epoch_times = 0, 0, -1.0, -1, []
-        last_good = None                           # path of the last checkpoint this run can resume
-        if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            _check_resumable(ckpt["config"], cfg)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            start_epoch, step = ckpt["epoch"], ckpt["step"]
-            best_ap, best_epoch = ckpt["best_ap"], ckpt["best_epoch"]
-            epoch_times = list(ckpt["epoch_times"])
-            restore_rng(ckpt["rng"], generators)
-            last_good = str(ckpt_path)
-            say(f"resumed from {ckpt_path}: {start_epoch} epochs, {step} steps done")
-            del ckpt
-        elif resume:
-            say(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
-        elif ckpt_path.exists():
-            say(f"note: {ckpt_path} exists and will be overwritten (pass --resume to continue it)")
-
-        if dist_info.enabled:
-            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                            find_unused_parameters=find_unused_parameters)
-        raw_model = unwrap(model)
-        params = [p for p in raw_model.parameters() if p.requires_grad]
-        use_amp = tc.amp and device.type == "cuda"
-        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-
-        if is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            if resume:
-                _keep_metrics_before(metrics_path, start_epoch)
-            else:
-                metrics_path.write_text("")
-        n_params = sum(p.numel() for p in params)
-        say(f"msdetr train: supervision={cfg.model.supervision}, {n_params / 1e6:.2f}M trainable params, "
-            f"device={device} x{world}, batch {tc.batch_size} ({per_rank_batch}/process), "
-            f"{len(train_ds)} train images, {steps_per_epoch} steps/epoch, epochs {start_epoch + 1}..{tc.epochs}"
-            f" -> {out}")
+        run = setup(cfg, info, device, resume, find_unused_parameters)
+        if run.is_main:
+            _start_metrics(run, resume)
+        run.say(f"msdetr train: supervision={cfg.model.supervision}, "
+                f"{sum(p.numel() for p in run.params) / 1e6:.2f}M trainable params, device={device} "
+                f"x{info.world_size}, batch {tc.batch_size} ({tc.batch_size // info.world_size}/process), "
+                f"{len(run.train_loader.dataset)} train images, {run.steps_per_epoch} steps/epoch, "
+                f"epochs {run.epoch + 1}..{tc.epochs} -> {out}")
 
         final_eval = None
-        epoch = start_epoch
         try:
-            for epoch in range(start_epoch, tc.epochs):
-                # every epoch starts from seeds of (seed, epoch, rank): resume == uninterrupted
-                s = epoch_seed(tc.seed, epoch, rank)
-                seed_everything(s)
-                matcher_gen.manual_seed(s + 1)
-                loader_gen.manual_seed(s + 2)
-                sampler.set_epoch(epoch)                 # shuffle with seed + epoch, same on all ranks
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
+            for epoch in range(run.epoch, tc.epochs):
+                _start_epoch(run, epoch)
+                lrs = apply_schedule(run.optimizer, tc, epoch)
+                result = train_one_epoch(run, epoch, progress)
+                run.epoch_times.append(result["epoch_time"])
+                run.epoch = epoch + 1
 
-                # ---- one epoch of training
-                model.train()
-                t_epoch = time.perf_counter()
-                sums: dict[str, float] = {}
-                bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                           disable=not (progress and is_main), dynamic_ncols=True, leave=False)
-                t_data = time.perf_counter()
-                n_steps = 0
-                for it, (images, masks, targets) in enumerate(train_loader):
-                    if it >= steps_per_epoch:
-                        break
-                    t_step = time.perf_counter()
-                    data_time = t_step - t_data
-                    images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                    targets = targets_to(targets, device)
-                    with autocast():
-                        outputs = model(images, masks)
-                    loss_dict = criterion(_float_tree(outputs) if use_amp else outputs, targets)
-
-                    # the logged values: every scalar term, averaged over ranks (also makes the
-                    # finiteness check identical on all ranks, so they stop together)
-                    names = sorted(k for k, v in loss_dict.items() if torch.is_tensor(v) and v.numel() == 1)
-                    values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names])
-                    if dist_info.enabled:
-                        dist.all_reduce(values)
-                        values /= world
-                    logged = dict(zip(names, values.tolist()))
-                    bad = {k: v for k, v in logged.items() if k.startswith("loss") and not math.isfinite(v)}
-                    if bad:
-                        raise NonFiniteLossError(epoch + 1, step + 1, bad, last_good)
-
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_dict["loss"].backward()
-                    max_norm = tc.clip_max_norm if tc.clip_max_norm > 0 else float("inf")
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                    if not math.isfinite(grad_norm):
-                        raise NonFiniteLossError(epoch + 1, step + 1, {"grad_norm": grad_norm},
-                                                 last_good)
-                    optimizer.step()
-                    step += 1
-                    n_steps += 1
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    step_time = time.perf_counter() - t_step
-
-                    for k, v in logged.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-                    if is_main and (it % tc.log_every == 0 or it == steps_per_epoch - 1):
-                        mem, mem_kind = peak_memory_mb(device)
-                        _append_jsonl(metrics_path, {
-                            "type": "step", "epoch": epoch + 1, "iter": it, "step": step, "losses": logged,
-                            "lr": lrs, "grad_norm": grad_norm, "step_time": step_time,
-                            "data_time": data_time, "peak_mem_mb": mem, "peak_mem_kind": mem_kind})
-                    bar.set_postfix(loss=f"{logged['loss']:.3f}", lr=f"{lrs['default']:.1e}")
-                    bar.update()
-                    t_data = time.perf_counter()
-                bar.close()
-                epoch_time = time.perf_counter() - t_epoch
-                epoch_times.append(epoch_time)
-                lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-                lr_scheduler.step()
-
-                # ---- evaluation (all ranks share the val set; evaluate() gathers, all get the AP)
                 eval_result, eval_time = None, 0.0
-                if tc.eval_every > 0 and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
+                if tc.eval_every > 0 and (run.epoch % tc.eval_every == 0 or run.epoch == tc.epochs):
                     t_eval = time.perf_counter()
-                    eval_result = evaluate(raw_model, val_loader, device, layers="all",
-                                           progress=progress and is_main)
+                    eval_result = _evaluate(run, progress)
                     eval_time = time.perf_counter() - t_eval
-                    ap = float(eval_result["final"]["AP"])
-                    if ap > best_ap:
-                        best_ap, best_epoch = ap, epoch + 1
-                    if epoch + 1 == tc.epochs:
+                    if eval_result["final"]["AP"] > run.best_ap:
+                        run.best_ap, run.best_epoch = eval_result["final"]["AP"], run.epoch
+                    if run.epoch == tc.epochs:
                         final_eval = eval_result
-                    model.train()
 
-                # ---- log the epoch, then checkpoint (atomically; only finite weights)
-                if not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters()):
-                    raise NonFiniteLossError(epoch + 1, step, {"parameters": float("nan")}, last_good)
-                mem, mem_kind = peak_memory_mb(device)
-                if is_main:
-                    _append_jsonl(metrics_path, {
-                        "type": "epoch", "epoch": epoch + 1, "step": step, "steps": n_steps,
-                        "losses": {k: v / n_steps for k, v in sums.items()}, "lr": lrs,
-                        "epoch_time": epoch_time, "eval_time": eval_time, "eval": eval_result,
-                        "peak_mem_mb": mem, "peak_mem_kind": mem_kind})
-                    ap_text = f", AP {eval_result['final']['AP']:.3f}" if eval_result else ""
-                    say(f"epoch {epoch + 1}/{tc.epochs}: loss {sums.get('loss', float('nan')) / n_steps:.4f}, "
-                        f"{epoch_time:.1f}s{ap_text}")
-                    save_checkpoint(ckpt_path, {
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                        "rng": capture_rng(generators), "config": cfg.to_dict(), "best_ap": best_ap,
-                        "best_epoch": best_epoch, "epoch_times": epoch_times, "world_size": world})
-                last_good = str(ckpt_path)
+                _log_epoch(run, result, lrs, eval_result, eval_time)
+                _save_checkpoint(run)
+                if on_epoch_end is not None and run.is_main:
+                    on_epoch_end(run.epoch, {
+                        "epoch": run.epoch, "step": run.step, "losses": result["losses"], "lr": lrs,
+                        "eval": eval_result, "best_ap": run.best_ap, "best_epoch": run.best_epoch,
+                        "epoch_times": list(run.epoch_times), "checkpoint": run.last_good,
+                        "model": run.raw_model})
         except KeyboardInterrupt:
-            if is_main:
-                done = last_good or "none yet (a resumed run starts from scratch)"
-                tqdm.write(f"\ninterrupted during epoch {epoch + 1}. Last good checkpoint: {done}.\n"
-                           f"Resume with the same command plus --resume "
-                           f"(e.g. msdetr train ... train.output_dir={out} --resume)")
+            done = run.last_good or "none yet (a resumed run starts from scratch)"
+            run.say(f"\ninterrupted during epoch {run.epoch + 1}. Last good checkpoint: {done}.\n"
+                    f"Resume with the same command plus --resume "
+                    f"(e.g. msdetr train ... train.output_dir={out} --resume)")
             raise
-
-        # ---- final weights and evaluation
-        if final_eval is None:
-            final_eval = evaluate(raw_model, val_loader, device, layers="all", progress=progress and is_main)
-        final_eval = json.loads(json.dumps(final_eval, default=float))
-        if is_main:
-            save_checkpoint(out / FINAL, {"model": raw_model.state_dict(), "config": cfg.to_dict(),
-                                          "epoch": tc.epochs, "eval": final_eval})
-            report = {**final_eval, "epoch": tc.epochs, "supervision": cfg.model.supervision,
-                      "best_ap": best_ap, "best_epoch": best_epoch, "epoch_times": epoch_times,
-                      "mean_epoch_time": float(np.mean(epoch_times)) if epoch_times else None,
-                      "trainable_params": n_params, "world_size": world}
-            (out / EVAL).write_text(json.dumps(report, indent=2, default=float) + "\n")
-            say(f"done: final AP {final_eval['final']['AP']:.4f} -> {out / EVAL}")
-        return {"output_dir": str(out), "epochs": tc.epochs, "steps": step, "eval": final_eval,
-                "best_ap": best_ap, "best_epoch": best_epoch, "epoch_times": epoch_times,
-                "checkpoint": str(ckpt_path), "final": str(out / FINAL), "model": raw_model}
+        return _finish(run, final_eval, progress)
     finally:
-        if dist_info.created and dist.is_initialized():
+        if lock is not None:
+            lock.release()
+        if info.created and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _start_epoch(run: Run, epoch: int) -> None:
+    """Seeds of (seed, epoch, rank) for everything random in the epoch: resume == uninterrupted."""
+    s = epoch_seed(run.cfg.train.seed, epoch, run.dist.rank)
+    seed_everything(s)
+    run.matcher_gen.manual_seed(s + 1)
+    run.loader_gen.manual_seed(s + 2)
+    run.sampler.set_epoch(epoch)                 # shuffle with seed + epoch, same on all ranks
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)

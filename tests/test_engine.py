@@ -1,17 +1,18 @@
-"""The training engine: optimizer groups, checkpoints, resume, NaN stop, Ctrl-C."""
+"""The training engine: optimizer groups, schedule, checkpoints, resume, run-directory guards,
+NaN stop, Ctrl-C, the epoch hook, SyncBatchNorm."""
 from __future__ import annotations
 
 import json
 import os
-import random
+import shutil
 
-import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 from msdetr_lite import engine
-from msdetr_lite.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from msdetr_lite.config import apply_overrides, preset
+from msdetr_lite.checkpoint import CheckpointError, load_checkpoint, remove_orphan_tmp, save_checkpoint
+from msdetr_lite.config import ConfigError, apply_overrides, preset
 
 
 def micro_train_config(data_root, output_dir, *extra):
@@ -64,12 +65,13 @@ def test_build_optimizer_groups(micro_cfg):
         assert by_id[id(p)] == engine.param_group_name(n), n
     assert any("sampling_offsets" in n for n, _ in trainable)
 
-    sched = engine.build_lr_scheduler(opt, tc)
-    tc_drop = tc.lr_drop
-    for _ in range(tc_drop):
-        opt.step()
-        sched.step()
-    assert {g["name"]: g["lr"] for g in opt.param_groups}["default"] == pytest.approx(1e-4)
+    assert engine.apply_schedule(opt, tc, tc.lr_drop - 1)["default"] == pytest.approx(1e-3)
+    lrs = engine.apply_schedule(opt, tc, tc.lr_drop)
+    assert lrs == pytest.approx({"default": 1e-4, "backbone": 1e-6, "linear_proj": 1e-5})
+    # the schedule follows the config it is given (what a resume with a changed lr relies on)
+    tc.lr, tc.weight_decay = 5e-4, 0.0
+    assert engine.apply_schedule(opt, tc, 0)["default"] == pytest.approx(5e-4)
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
 
 
 def test_frozen_backbone_left_out(micro_cfg):
@@ -84,13 +86,8 @@ def test_checkpoint_round_trip_weights_only(tmp_path, micro_cfg):
     from msdetr_lite.models import build_model
     model = build_model(micro_cfg())
     opt = engine.build_optimizer(model, preset("tiny").train)
-    sched = engine.build_lr_scheduler(opt, preset("tiny").train)
-    gen = torch.Generator().manual_seed(3)
-    torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
-             "epoch": 1, "step": 7, "rng": capture_rng({"g": gen}), "config": preset("tiny").to_dict(),
-             "best_ap": 0.5}
-    expected = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=gen))
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "step": 7,
+             "config": preset("tiny").to_dict(), "best_ap": 0.5}
 
     path = save_checkpoint(tmp_path / "checkpoint.pth", state)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth"]          # no temporary left behind
@@ -101,15 +98,28 @@ def test_checkpoint_round_trip_weights_only(tmp_path, micro_cfg):
     model2 = build_model(micro_cfg())
     model2.load_state_dict(loaded["model"])
     opt.load_state_dict(loaded["optimizer"])
-    sched.load_state_dict(loaded["lr_scheduler"])
     assert loaded["config"]["model"]["supervision"] == "ms" and loaded["step"] == 7
 
-    torch.manual_seed(99), np.random.seed(99), random.seed(99)
-    gen.manual_seed(99)
-    restore_rng(loaded["rng"], {"g": gen})
-    got = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=gen))
-    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
-    assert got[2] == expected[2] and torch.equal(got[3], expected[3])
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "final.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="final.pth is not a readable checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    save_checkpoint(tmp_path / "weights.pth", {"w": torch.ones(2)})
+    with pytest.raises(CheckpointError, match="has no model, config"):
+        engine.load_model_from_checkpoint(tmp_path / "weights.pth", device="cpu")
+
+
+def test_orphan_temporaries_are_removed(tmp_path):
+    keep = ["checkpoint.pth", ".hidden", "notes.tmp-1"]
+    for name in keep + [".checkpoint.pth.tmp-123", ".final.pth.tmp-45"]:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_orphan_tmp(tmp_path)
+    assert sorted(p.name for p in removed) == [".checkpoint.pth.tmp-123", ".final.pth.tmp-45"]
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -128,39 +138,149 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- training runs
+def _records(run_dir, kind=None):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if kind is None or r["type"] == kind]
+
+
 def test_train_outputs_and_resume_equality(tmp_path, shapes_root):
-    straight = engine.train(micro_train_config(shapes_root, tmp_path / "a"), progress=False)
+    hook_calls = []
+    straight = engine.train(micro_train_config(shapes_root, tmp_path / "a"), progress=False,
+                            on_epoch_end=lambda epoch, summary: hook_calls.append((epoch, summary)))
 
     engine.train(micro_train_config(shapes_root, tmp_path / "b", "train.epochs=1"), progress=False)
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pth")["epoch"] == 1
+    shutil.copytree(tmp_path / "b", tmp_path / "c")                     # for the changed-lr resume below
     resumed = engine.train(micro_train_config(shapes_root, tmp_path / "b"), resume=True, progress=False)
 
+    # the per-epoch reseed alone makes the resumed run equal the uninterrupted one, bit for bit
     a, b = _params(straight["model"]), _params(resumed["model"])
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs after resume")
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
     assert straight["steps"] == resumed["steps"] == 4
+
+    # the epoch hook: once per epoch, after the checkpoint, with the epoch's mean losses
+    assert [e for e, _ in hook_calls] == [1, 2]
+    epochs_a = _records(tmp_path / "a", "epoch")
+    for (e, summary), record in zip(hook_calls, epochs_a):
+        assert summary["losses"] == record["losses"] and summary["eval"] == record["eval"]
+        assert summary["checkpoint"] == str(tmp_path / "a" / "checkpoint.pth") and summary["step"] == 2 * e
+    assert hook_calls[-1][1]["model"] is straight["model"]
+    # mean losses accumulated on the device = mean of the logged steps (all logged: log_every=1)
+    steps_a = _records(tmp_path / "a", "step")
+    for record in epochs_a:
+        mine = [r["losses"] for r in steps_a if r["epoch"] == record["epoch"]]
+        for k, v in record["losses"].items():
+            assert v == pytest.approx(sum(m[k] for m in mine) / len(mine), rel=1e-6), k
 
     # files of a run
     run = tmp_path / "b"
     for name in ("config.json", "metrics.jsonl", "checkpoint.pth", "final.pth", "eval.json"):
         assert (run / name).is_file(), name
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in records if r["type"] == "epoch"]
+    epochs = _records(run, "epoch")
     assert [r["epoch"] for r in epochs] == [1, 2]                      # resume kept epoch 1, added 2
-    steps = [r for r in records if r["type"] == "step"]
+    steps = _records(run, "step")
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["changed"] for r in _records(run, "resume")] == [{"train.epochs": [1, 2]}]
     first = steps[0]
     assert {"loss", "loss_cls_o2o_1", "loss_bbox_o2m_0", "loss_giou_enc"} <= set(first["losses"])
     assert set(first["lr"]) == {"default", "backbone", "linear_proj"}
-    assert first["step_time"] > 0 and first["peak_mem_mb"] > 0
+    assert first["step_time"] > 0 and first["peak_mem_mb"] > 0 and first["grad_norm"] > 0
     assert epochs[1]["lr"]["default"] == pytest.approx(0.1 * preset("tiny").train.lr)  # dropped 10x after lr_drop=1
     assert len(epochs[0]["eval"]["layers"]) == 2 and "AP50" in epochs[0]["eval"]["final"]
     ev = json.loads((run / "eval.json").read_text())
     assert len(ev["layers"]) == 2 and len(ev["epoch_times"]) == 2
     assert json.loads((run / "config.json").read_text())["model"]["num_classes"] == 4
     assert torch.load(run / "final.pth", weights_only=True)["epoch"] == 2
+    assert "rng" not in load_checkpoint(run / "checkpoint.pth")
     model, cfg = engine.load_model_from_checkpoint(run / "final.pth", device="cpu")
     assert cfg.model.num_classes == 4 and not model.training
+
+    # resume with fewer epochs than the checkpoint completed: refused, naming the field
+    with pytest.raises(engine.RunDirError, match="train.epochs=1"):
+        engine.train(micro_train_config(shapes_root, run, "train.epochs=1"), resume=True, progress=False)
+    # a model field that differs from the checkpoint: refused, naming it
+    with pytest.raises(engine.RunDirError, match="model.num_queries"):
+        engine.train(micro_train_config(shapes_root, run, "model.num_queries=10"), resume=True, progress=False)
+
+    # resume with a changed schedule: applied from the next epoch and recorded
+    new_lr = 2 * preset("tiny").train.lr
+    engine.train(micro_train_config(shapes_root, tmp_path / "c", f"train.lr={new_lr}", "train.lr_drop=5"),
+                 resume=True, progress=False)
+    c = tmp_path / "c"
+    (change,) = _records(c, "resume")
+    assert change["epoch"] == 1 and change["changed"] == {"train.lr": [preset("tiny").train.lr, new_lr],
+                                                          "train.lr_drop": [1, 5], "train.epochs": [1, 2]}
+    assert _records(c, "epoch")[1]["lr"]["default"] == pytest.approx(new_lr)     # no drop before epoch 5
+    assert [r["lr"]["linear_proj"] for r in _records(c, "step") if r["epoch"] == 2] == \
+        pytest.approx([new_lr * 0.1] * 2)
+    assert json.loads((c / "config.json").read_text())["train"]["lr"] == new_lr
+
+
+# ---------------------------------------------------------------- the run directory
+@pytest.mark.parametrize("extra", [(), ("train.epochs=0",)])
+def test_existing_run_is_never_overwritten_silently(tmp_path, shapes_root, extra):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"type": "epoch", "epoch": 1}\n')
+    (run / "final.pth").write_bytes(b"the old weights")
+    with pytest.raises(engine.RunDirError) as err:
+        engine.train(micro_train_config(shapes_root, run, *extra), progress=False)
+    message = str(err.value)
+    assert str(run) in message and "--resume" in message and "--overwrite" in message
+    assert (run / "final.pth").read_bytes() == b"the old weights"
+    assert (run / "metrics.jsonl").read_text() == '{"type": "epoch", "epoch": 1}\n'
+    with pytest.raises(ConfigError, match="exclude each other"):
+        engine.train(micro_train_config(shapes_root, run), resume=True, overwrite=True, progress=False)
+
+
+def test_overwrite_replaces_the_run_and_clears_orphans(tmp_path, shapes_root):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pth").write_bytes(b"old")
+    (run / "eval.json").write_text("{}")
+    (run / ".checkpoint.pth.tmp-4242").write_bytes(b"half a checkpoint")   # a killed write
+    summary = engine.train(micro_train_config(shapes_root, run, "train.epochs=0"), overwrite=True, progress=False)
+    assert not (run / "checkpoint.pth").exists()                       # the old run's files are gone
+    assert not (run / ".checkpoint.pth.tmp-4242").exists()
+    assert json.loads((run / "eval.json").read_text())["epoch"] == 0 and summary["steps"] == 0
+    assert (run / "final.pth").is_file() and _records(run) == []
+
+
+def test_second_training_into_the_same_dir_stops(tmp_path, shapes_root):
+    run = tmp_path / "run"
+    run.mkdir()
+    held = FileLock(run / engine.LOCK, blocking=False)
+    with held:                                                         # "another process" trains there
+        with pytest.raises(engine.RunDirError, match="another training process is writing to") as err:
+            engine.train(micro_train_config(shapes_root, run), progress=False)
+        assert str(run) in str(err.value)
+    assert sorted(os.listdir(run)) == [engine.LOCK]                    # nothing written
+
+
+def test_sync_batchnorm_only_under_ddp(micro_cfg):
+    from msdetr_lite.models import build_model
+    tc = preset("tiny").train
+    tc.sync_bn = True
+    two = engine.DistInfo(rank=0, world_size=2)
+    cuda = torch.device("cuda", 0)
+
+    def sync_bns(m):
+        return sum(isinstance(x, torch.nn.SyncBatchNorm) for x in m.modules())
+
+    model = build_model(micro_cfg(backbone_norm="bn"))
+    assert engine.maybe_sync_batchnorm(model, tc, engine.DistInfo(), cuda) is model   # one process
+    n_bn = sum(isinstance(x, torch.nn.BatchNorm2d) for x in model.modules())
+    assert n_bn > 0 and sync_bns(model) == 0
+    converted = engine.maybe_sync_batchnorm(model, tc, two, cuda)          # converting needs no GPU
+    assert sync_bns(converted) == n_bn
+    model = build_model(micro_cfg(backbone_norm="bn"))
+    frozen = build_model(micro_cfg(backbone_norm="frozen_bn"))
+    assert engine.maybe_sync_batchnorm(frozen, tc, two, cuda) is frozen     # nothing to synchronise
+    with pytest.raises(ConfigError, match="train.sync_bn"):
+        engine.maybe_sync_batchnorm(model, tc, two, torch.device("cpu"))
+    tc.sync_bn = False
+    assert engine.maybe_sync_batchnorm(model, tc, two, cuda) is model
 
 
 class _Trip:
@@ -196,6 +316,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shapes_root, mo
     assert ckpt["epoch"] == 1 and ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "nan" / "final.pth").exists()
+    with FileLock(tmp_path / "nan" / engine.LOCK, blocking=False):     # released on the error
+        pass
+
+
+def test_nan_on_a_step_that_is_not_logged_still_stops(tmp_path, shapes_root, monkeypatch):
+    cfg = micro_train_config(shapes_root, tmp_path / "nan", "train.eval_every=0", "train.log_every=100",
+                             "train.max_steps_per_epoch=3", "train.epochs=1")
+    _Trip(monkeypatch, at=2, action="nan")                     # iter 1 of 3: neither first nor last
+    with pytest.raises(engine.NonFiniteLossError) as err:
+        engine.train(cfg, progress=False)
+    e = err.value
+    assert e.epoch == 1 and e.step == 2 and "loss_cls_o2o_1" in e.terms
+    assert "no checkpoint was written yet" in str(e)
+    assert not (tmp_path / "nan" / "checkpoint.pth").exists()
+    assert [r["step"] for r in _records(tmp_path / "nan", "step")] == [1]     # only iter 0 was read back
 
 
 def test_keyboard_interrupt_keeps_checkpoint(tmp_path, shapes_root, monkeypatch, capsys):
@@ -206,4 +341,4 @@ def test_keyboard_interrupt_keeps_checkpoint(tmp_path, shapes_root, monkeypatch,
     assert load_checkpoint(tmp_path / "int" / "checkpoint.pth")["epoch"] == 1
     captured = capsys.readouterr()
     assert "--resume" in captured.out + captured.err
-    assert [p.name for p in (tmp_path / "int").iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in (tmp_path / "int").iterdir() if ".tmp-" in p.name] == []

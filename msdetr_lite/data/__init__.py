@@ -4,6 +4,7 @@
     train = build_dataset(cfg.data, "train")          # root/train_split + annotations json
     loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate)
     images, masks, targets = next(iter(loader))       # [B, 3, H, W], [B, H, W] (True = pad), list[dict]
+    val_loader = build_val_loader(cfg, build_dataset(cfg.data, "val"), batch_size=8)   # in order
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormali
 __all__ = [
     "CocoDetection", "build_dataset", "collate", "resolve_root", "split_paths", "base_dataset",
     "make_transforms", "build_transforms", "denormalize", "load_coco_json", "coco_from_dict",
-    "IMAGENET_MEAN", "IMAGENET_STD",
+    "IMAGENET_MEAN", "IMAGENET_STD", "build_train_loader", "build_val_loader",
 ]
 
 _GENERATE_HINT = ("generate the embedded dataset with `python -m msdetr_lite data shapes --out data/shapes` "
@@ -88,3 +89,7 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, torch
         out[i, :, :h, :w] = im
         masks[i, :h, :w] = False
     return out, masks, targets
+
+
+# after `collate`: the loaders batch with it
+from .loaders import build_train_loader, build_val_loader  # noqa: E402
