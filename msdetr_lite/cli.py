@@ -1,14 +1,18 @@
 """The `msdetr` command (also `python -m msdetr_lite`).
 
     msdetr data shapes --out data/shapes                      # the synthetic dataset
-    msdetr train --preset tiny model.supervision=o2o train.epochs=3 [--resume]
+    msdetr train --preset tiny model.supervision=o2o train.epochs=3 [--resume | --overwrite]
     torchrun --nproc_per_node 2 -m msdetr_lite train --preset r50 data.root=/data/coco
-    msdetr eval --checkpoint runs/tiny/final.pth [--out eval.json]
+    msdetr eval --checkpoint runs/tiny/final.pth [--out FILE] [--nms 0.7]   # -> runs/tiny/eval-final.json
     msdetr compare runs/ms runs/o2o --out runs/compare
     msdetr demo [--out runs/demo] [--epochs N]
 
 Overrides are `section.field=value` (sections: model, matcher, loss, data, train); see
-msdetr_lite/config.py for every field.
+msdetr_lite/config.py for every field. The whole config is checked before anything runs.
+
+Exit codes: 0 done; 1 training stopped on a non-finite loss; 2 a usage error (bad option or
+config, missing or unreadable file, a run directory that cannot be used as asked), printed as
+one line per problem; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -18,22 +22,57 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from msdetr_lite.config import Config, apply_overrides, preset
+from msdetr_lite.config import Config, ConfigError, apply_overrides, preset
+
+
+class UsageError(Exception):
+    """A mistake of the caller, reported as one line per problem and exit code 2."""
+
+    def __init__(self, *problems: str):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 def _config(args, base: Optional[Config] = None) -> Config:
-    """The run's config: --config json, or --preset, or `base`; then the overrides.
-    Mistakes (unknown field, bad value) end the command with one clear line."""
+    """The run's config: --config json, or --preset, or `base`; then the overrides; then every
+    field checked (ConfigError lists all problems)."""
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            raise UsageError(f"--config {path}: no such file")
+        try:
+            cfg = Config.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--config {path} is not valid JSON ({e})") from None
+    elif getattr(args, "preset", None) or base is None:
+        cfg = preset(args.preset or "tiny")
+    else:
+        cfg = base
+    return apply_overrides(cfg, args.overrides)
+
+
+def _iou(text: str) -> float:
+    """argparse type: an IoU threshold in (0, 1]."""
     try:
-        if getattr(args, "config", None):
-            cfg = Config.from_dict(json.loads(Path(args.config).read_text()))
-        elif getattr(args, "preset", None) or base is None:
-            cfg = preset(args.preset or "tiny")
-        else:
-            cfg = base
-        return apply_overrides(cfg, args.overrides)
-    except (ValueError, OSError) as e:
-        args._parser.exit(2, f"msdetr {args.command}: config error: {e}\n")
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IoU in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected an IoU in (0, 1], got {value}")
+    return value
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: Optional[str]) -> None:
@@ -54,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     s = data_sub.add_parser("shapes", help="the synthetic shapes set (COCO layout)")
     s.add_argument("--out", default="data/shapes", help="output folder (default data/shapes)")
-    s.add_argument("--n-train", type=int, default=1200, help="training images (default 1200)")
-    s.add_argument("--n-val", type=int, default=200, help="validation images (default 200)")
-    s.add_argument("--size", "--image-size", dest="size", type=int, default=128,
+    s.add_argument("--n-train", type=_count(1), default=1200, help="training images (default 1200)")
+    s.add_argument("--n-val", type=_count(1), default=200, help="validation images (default 200)")
+    s.add_argument("--size", "--image-size", dest="size", type=_count(16), default=128,
                    help="image height in px (default 128)")
     s.add_argument("--aspect-jitter", type=float, default=0.125,
                    help="width varies by up to this fraction of the height (default 0.125)")
@@ -64,8 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs / nodes)")
     _add_config_args(p, "tiny")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from train.output_dir/checkpoint.pth (after its last completed epoch)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from train.output_dir/checkpoint.pth (after its last completed epoch); "
+                            "changed non-model fields (e.g. train.lr, train.epochs) apply from the next epoch")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in train.output_dir (without this or --resume, a directory "
+                            "that holds a run is left alone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--find-unused-parameters", action="store_true",
                    help="DDP find_unused_parameters (only if a model variant leaves parameters unused)")
@@ -73,10 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="AP per decoder layer and candidate quality of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="final.pth or checkpoint.pth of a run")
     _add_config_args(p, None)
-    p.add_argument("--out", help="output json (default: eval.json next to the checkpoint)")
+    p.add_argument("--out", help="output json (default: eval-<checkpoint name>.json next to the checkpoint, "
+                                 "so the run's own eval.json is kept)")
+    p.add_argument("--nms", type=_iou, metavar="IOU",
+                   help="also score every layer after class-wise NMS at this IoU in (0, 1] (default: NMS-free only)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=0, help="default: the config's train.batch_size")
-    p.add_argument("--topk", type=int, default=20, help="top-k queries for the candidate statistics")
+    p.add_argument("--batch-size", type=_count(0), default=0, help="default: the config's train.batch_size")
+    p.add_argument("--topk", type=_count(1), default=20, help="top-k queries for the candidate statistics")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("compare", help="plot and tabulate runs side by side")
@@ -87,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="data + MS-DETR vs o2o at tiny size + report.md")
     p.add_argument("--out", default="runs/demo")
     # 4 epochs of each model is what fits the demo's 15-minute budget on a 2-core CPU
-    p.add_argument("--epochs", type=int, default=4, help="epochs per model (lr drops 10x before the last)")
+    p.add_argument("--epochs", type=_count(1), default=4, help="epochs per model (lr drops 10x before the last)")
     p.add_argument("--data", default="data/shapes", help="dataset folder (generated if missing)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "r50"])
     p.add_argument("--seed", type=int, default=42)
@@ -124,7 +171,7 @@ def cmd_train(args) -> int:
     from msdetr_lite.engine import NonFiniteLossError, train
     cfg = _config(args)
     try:
-        summary = train(cfg, resume=args.resume, progress=not args.no_progress,
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                         find_unused_parameters=args.find_unused_parameters)
     except NonFiniteLossError as e:
         print(f"msdetr train: stopped: {e}", file=sys.stderr)
@@ -138,37 +185,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def eval_output_path(checkpoint: Path, out: Optional[str]) -> Path:
+    """--out, or eval-<checkpoint stem>.json next to the checkpoint (the run's eval.json, written
+    by training, stays as it is)."""
+    return Path(out) if out else checkpoint.with_name(f"eval-{checkpoint.stem}.json")
+
+
 def cmd_eval(args) -> int:
     import torch
 
     from msdetr_lite import analysis
-    from msdetr_lite.checkpoint import load_checkpoint
-    from msdetr_lite.data import build_dataset
-    from msdetr_lite.engine import build_val_loader, resolve_device
+    from msdetr_lite.checkpoint import (build_model_from_config, config_from_checkpoint, load_checkpoint,
+                                        load_weights, resolve_device)
+    from msdetr_lite.data import build_dataset, build_val_loader
     from msdetr_lite.evaluation import evaluate, format_metrics
-    from msdetr_lite.models import build_model
 
     ckpt_path = Path(args.checkpoint)
-    if not ckpt_path.is_file():
-        args._parser.error(f"checkpoint not found: {ckpt_path}")
     ckpt = load_checkpoint(ckpt_path)
-    cfg = _config(args, base=Config.from_dict(ckpt["config"]))
-    cfg.model.num_classes = ckpt["config"]["model"]["num_classes"]
+    saved = config_from_checkpoint(ckpt, ckpt_path)
+    cfg = _config(args, base=saved)
+    cfg.model.num_classes = saved.model.num_classes
     device = resolve_device(args.device)
-    model = build_model(cfg.model).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    if "model" not in ckpt:
+        raise UsageError(f"{ckpt_path} holds no model weights")
+    model = load_weights(build_model_from_config(cfg, device), ckpt["model"], ckpt_path).eval()
     del ckpt
 
     val = build_dataset(cfg.data, "val")
     if val.num_classes != cfg.model.num_classes:
-        args._parser.error(f"the val set has {val.num_classes} classes, the checkpoint {cfg.model.num_classes}")
+        raise UsageError(f"the val set of data.root={cfg.data.root} has {val.num_classes} classes, "
+                         f"the checkpoint {cfg.model.num_classes}")
     loader = build_val_loader(cfg, val, args.batch_size or cfg.train.batch_size)
     progress = not args.no_progress
     with torch.no_grad():
-        result = evaluate(model, loader, device, layers="all", progress=progress)
+        result = evaluate(model, loader, device, layers="all", progress=progress, nms_iou=args.nms)
         cand = analysis.candidate_quality_over_loader(model, loader, device, topk=args.topk, progress=progress)
-    out = Path(args.out) if args.out else ckpt_path.with_name("eval.json")
+    out = eval_output_path(ckpt_path, args.out)
     plot_path = out.with_name(out.stem + "_candidates.png")
     label = f"{cfg.model.supervision} ({ckpt_path.parent.name})"
     analysis.plot_candidate_quality({label: cand}, plot_path)
@@ -177,7 +229,10 @@ def cmd_eval(args) -> int:
     analysis.save_json(result, out)
     for l, m in zip(result.get("layer_ids", range(len(result["layers"]))), result["layers"]):
         print(f"layer {l + 1}: {format_metrics(m)}")
-    print(f"final:   {format_metrics(result['final'])}\nwrote {out} and {plot_path}")
+    print(f"final:   {format_metrics(result['final'])}")
+    if result.get("nms"):
+        print(f"final after NMS at IoU {result['nms']['iou']}: {format_metrics(result['nms']['final'])}")
+    print(f"wrote {out} and {plot_path}")
     return 0
 
 
@@ -191,6 +246,7 @@ def cmd_compare(args) -> int:
 
 def cmd_demo(args) -> int:
     from msdetr_lite.report import run_demo
+    apply_overrides(preset(args.preset), list(args.overrides))       # every problem before any training
     run_demo(args.out, epochs=args.epochs, data_root=args.data, preset_name=args.preset, seed=args.seed,
              overrides=args.overrides, progress=not args.no_progress)
     return 0
@@ -199,12 +255,30 @@ def cmd_demo(args) -> int:
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "demo": cmd_demo}
 
 
+def _usage_problems(error: BaseException) -> Optional[list[str]]:
+    """The lines to print if `error` is a mistake of the caller (bad config, missing or unreadable
+    file, run directory not usable as asked); None for anything else (a bug: it propagates)."""
+    from msdetr_lite.checkpoint import CheckpointError
+    if isinstance(error, (UsageError, ConfigError)):
+        return error.problems
+    if isinstance(error, (FileNotFoundError, CheckpointError)):
+        return [str(error)]
+    engine = sys.modules.get("msdetr_lite.engine")      # only a command that trains can raise these
+    if engine is not None and isinstance(error, engine.RunDirError):
+        return [str(error)]
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except FileNotFoundError as e:            # a missing dataset / run / checkpoint: one clear line
-        args._parser.exit(2, f"msdetr {args.command}: error: {e}\n")
+    except Exception as e:
+        problems = _usage_problems(e)
+        if problems is None:
+            raise
+        kind = "config error" if isinstance(e, ConfigError) else "error"
+        args._parser.exit(2, "".join(f"msdetr {args.command}: {kind}: {p}\n" for p in problems))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,69 @@ def test_override_errors_are_clear(override, message, capsys):
     assert message in err and "Traceback" not in err
 
 
+def _usage_error(argv, capsys) -> list[str]:
+    """Run the CLI expecting a usage error: exit 2, no traceback; returns the stderr lines."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    return err.strip().splitlines()
+
+
+def test_whole_config_checked_one_line_per_problem(capsys):
+    lines = _usage_error(["train", "model.nheads=0", "train.lr=-1", "train.batch_size=0", "model.supervision=xyz",
+                          "data.train_scales=(64,,)", "model.bogus=1", "train.sync_bn=maybe"], capsys)
+    assert len(lines) == 7, lines
+    for field in ("model.nheads=0", "train.lr=-1.0", "train.batch_size=0", "model.supervision='xyz'",
+                  "data.train_scales", "'model.bogus'", "train.sync_bn"):
+        assert sum(field in line for line in lines) == 1, (field, lines)
+    assert all(line.startswith("msdetr train: config error: ") for line in lines)
+    (line,) = _usage_error(["train", "model.d_model=30"], capsys)
+    assert "model.d_model=30 must be divisible by model.nheads=8" in line
+    # the demo checks its overrides before it trains anything
+    (line,) = _usage_error(["demo", "--out", "unused", "loss.focal_alpha=2"], capsys)
+    assert "loss.focal_alpha=2.0: must be in [0, 1]" in line
+
+
+def test_config_field_types_and_backends():
+    from msdetr_lite import ops
+    from msdetr_lite.config import DEFORM_BACKENDS, Config, preset
+    assert DEFORM_BACKENDS == ops.BACKENDS
+    assert preset("tiny").problems() == [] and preset("r50").problems() == []
+    cfg = preset("tiny")
+    cfg.train.lr, cfg.model.num_queries, cfg.train.amp = "1e-4", True, 1
+    assert cfg.problems() == ["model.num_queries=True: must be an integer",
+                              "train.lr='1e-4': must be a number", "train.amp=1: must be true or false"]
+    with pytest.raises(ValueError, match="unknown config section 'modle'"):
+        Config.from_dict({"modle": {}})
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    (line,) = _usage_error(["train", "--config", str(tmp_path / "nope.json")], capsys)
+    assert "nope.json: no such file" in line
+    (tmp_path / "bad.json").write_text("{not json")
+    (line,) = _usage_error(["train", "--config", str(tmp_path / "bad.json")], capsys)
+    assert "bad.json is not valid JSON" in line
+    (line,) = _usage_error(["eval", "--checkpoint", str(tmp_path / "missing.pth")], capsys)
+    assert "checkpoint not found" in line and "missing.pth" in line
+    (tmp_path / "garbage.pth").write_bytes(b"\x00" * 64)
+    (line,) = _usage_error(["eval", "--checkpoint", str(tmp_path / "garbage.pth")], capsys)
+    assert "garbage.pth is not a readable checkpoint" in line
+    lines = _usage_error(["eval", "--checkpoint", "x.pth", "--nms", "0"], capsys)
+    assert "--nms" in lines[-1] and "(0, 1]" in lines[-1]
+    lines = _usage_error(["train", "--resume", "--overwrite"], capsys)
+    assert "not allowed with argument" in lines[-1]
+
+
+def test_real_bugs_still_raise(monkeypatch):
+    def broken(args):
+        raise KeyError("a bug")
+    monkeypatch.setitem(cli.COMMANDS, "compare", broken)
+    with pytest.raises(KeyError):
+        cli.main(["compare", "a", "--out", "b"])
+
+
 def test_unknown_option_and_missing_data(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--no-such-option"])
@@ -69,12 +132,22 @@ def test_data_train_eval_compare_end_to_end(tmp_path, capsys):
         assert (runs[sup] / "final.pth").is_file()
     # resuming a finished run only re-evaluates
     assert cli.main(["train", "--config", str(runs["ms"] / "config.json"), "--resume", "--no-progress"]) == 0
+    # training into it again without --resume / --overwrite: stops, names the directory and both
+    (line,) = _usage_error(["train", "--config", str(runs["ms"] / "config.json"), "--no-progress"], capsys)
+    assert str(runs["ms"]) in line and "--resume" in line and "--overwrite" in line
+
+    run_eval = (runs["o2o"] / "eval.json").read_text()
+    assert cli.main(["eval", "--checkpoint", str(runs["o2o"] / "final.pth"), "--nms", "0.5", "--no-progress"]) == 0
+    assert (runs["o2o"] / "eval.json").read_text() == run_eval           # the run's own file is kept
+    ev = json.loads((runs["o2o"] / "eval-final.json").read_text())
+    assert ev["nms"]["iou"] == 0.5 and len(ev["nms"]["layers"]) == 2
+    assert (runs["o2o"] / "eval-final_candidates.png").is_file()
 
     out = tmp_path / "eval_ms.json"
     assert cli.main(["eval", "--checkpoint", str(runs["ms"] / "final.pth"), "--out", str(out),
                      "--no-progress"]) == 0
     ev = json.loads(out.read_text())
-    assert len(ev["layers"]) == 2 and "AP50" in ev["final"]
+    assert len(ev["layers"]) == 2 and "AP50" in ev["final"] and "nms" not in ev
     assert len(ev["candidates"]["layers"]) == 2 and "best_iou" in ev["candidates"]["layers"][0]
     assert Path(ev["candidates_plot"]).is_file()
     assert "layer 2:" in capsys.readouterr().out
