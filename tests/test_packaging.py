@@ -16,17 +16,21 @@ def _split(spec):
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {}
+    wanted, listed = {}, []
     for spec in project["dependencies"]:
         name, version = _split(spec)
         wanted[CONDA_NAME.get(name, name)] = version.lstrip("=")
+        listed.append(name)
     text = (ROOT / "environment.yml").read_text()
-    conda = {}
+    conda, conda_listed = {}, []
     for line in text.split("\ndependencies:", 1)[1].splitlines():
         m = re.match(r"^  - ([A-Za-z0-9_.\-]+)(=([^\s#]+))?\s*$", line)
         if m and m.group(1) not in ("python", "pip"):
             conda[m.group(1).lower()] = m.group(3) or ""
+            conda_listed.append(m.group(1).lower())
     assert conda == wanted, "environment.yml and pyproject.toml list different packages or pins"
+    for names, where in ((listed, "pyproject.toml"), (conda_listed, "environment.yml")):
+        assert len(names) == len(set(names)), f"{where} lists a package twice: {sorted(names)}"
     assert '-e ".[dev]"' in text, "environment.yml must install this package (with dev extras) through pip"
 
 
