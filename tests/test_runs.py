@@ -11,29 +11,7 @@ from msdetr_lite.config import LossConfig, MatcherConfig
 from msdetr_lite.losses import SetCriterion
 from msdetr_lite.runs import LossKey, load_run, loss_key, loss_value, parse_loss_key
 
-
-def _records(supervision="ms", epochs=3, steps_per_epoch=4, layers=2, eval_every=1):
-    """metrics.jsonl records in the engine's format; o2o terms 1/step + layer, o2m 2/step + layer."""
-    recs, step = [], 0
-    for e in range(1, epochs + 1):
-        for it in range(steps_per_epoch):
-            step += 1
-            losses = {"loss": 10.0 / step}
-            for l in range(layers):
-                for t in ("cls", "bbox", "giou"):
-                    losses[f"loss_{t}_o2o_{l}"] = 1.0 / step + l
-                    if supervision != "o2o":
-                        losses[f"loss_{t}_o2m_{l}"] = 2.0 / step + l
-            for t in ("cls", "bbox", "giou"):
-                losses[f"loss_{t}_enc"] = 0.5
-            recs.append({"type": "step", "epoch": e, "iter": it, "step": step, "losses": losses, "step_time": 0.1})
-        rec = {"type": "epoch", "epoch": e, "step": step, "steps": steps_per_epoch, "losses": recs[-1]["losses"],
-               "epoch_time": 1.0}
-        if e % eval_every == 0:
-            rec["eval"] = {"final": {"AP": 0.1 * e}, "layers": [{"AP": 0.05 * e * (l + 1)} for l in range(layers)],
-                           "layer_ids": list(range(layers))}
-        recs.append(rec)
-    return recs
+from fake_runs import records as _records
 
 
 def test_loss_key_round_trip():

@@ -12,6 +12,8 @@ from PIL import Image
 from msdetr_lite import viz
 from msdetr_lite.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+import fake_runs
+
 
 def _normalised(img01: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -23,30 +25,9 @@ def _image(h=48, w=64, seed=0):
     return _normalised(torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)))
 
 
-def _records(schemes=("o2o", "ms"), epochs=3, steps_per_epoch=4, layers=2):
-    """Fake metrics.jsonl records in the engine's format."""
-    out = {}
-    for s in schemes:
-        recs, step = [], 0
-        for e in range(1, epochs + 1):
-            for _ in range(steps_per_epoch):
-                step += 1
-                losses = {"loss": 10.0 / step}
-                for l in range(layers):
-                    for t in ("cls", "bbox", "giou"):
-                        losses[f"loss_{t}_o2o_{l}"] = 1.0 / step + l
-                        if s != "o2o":
-                            losses[f"loss_{t}_o2m_{l}"] = 2.0 / step + l
-                for t in ("cls", "bbox", "giou"):
-                    losses[f"loss_{t}_enc"] = 0.5
-                recs.append({"type": "step", "epoch": e, "step": step, "losses": losses, "step_time": 0.1,
-                             "peak_mem_mb": 100.0})
-            ev = {"final": {"AP": 0.1 * e, "AP50": 0.2 * e}, "layers": [{"AP": 0.05 * e * (l + 1), "AP50": 0.1 * e}
-                                                                        for l in range(layers)],
-                  "layer_ids": list(range(layers))}
-            recs.append({"type": "epoch", "epoch": e, "step": step, "losses": recs[-1]["losses"], "eval": ev})
-        out[s] = recs
-    return out
+def _records(schemes=("o2o", "ms"), **kw):
+    """{scheme: fake metrics.jsonl records} (tests/fake_runs.py)."""
+    return {s: fake_runs.records(s, **kw) for s in schemes}
 
 
 def test_palette_is_consistent_and_distinct():
@@ -302,11 +283,6 @@ def test_report_panels_and_per_layer_ap():
     from msdetr_lite.runs import Run
     runs = {f"{s} run": Run.from_records(r, name=s, config={"model": {"supervision": s}})
             for s, r in _records().items()}
-    for run in runs.values():
-        for i, r in enumerate(run.steps):
-            r["iter"] = i % 4
-        for r in run.epochs:
-            r["steps"] = 4
     panels = (("o2o", None, None), ("o2m", None, None), ("enc", None, None), ("o2o", "cls", -1))
     fig = viz.plot_loss_curves(runs, panels=panels, x="epoch", steps_behind=True)
     visible = [ax for ax in fig.axes if ax.get_visible()]
