@@ -291,10 +291,12 @@ def pad_targets(labels: Sequence[Tensor], boxes: Sequence[Tensor], device=None,
         if box.shape != (lab.shape[0], 4):
             raise ValueError(f"gt_boxes of image {b} must be [G, 4] = [{lab.shape[0]}, 4] (cx, cy, w, h), "
                              f"got shape {tuple(box.shape)}")
-        if num_classes is not None and lab.device.type == "cpu" and lab.numel() > 0 and (
-                int(lab.min()) < 0 or int(lab.max()) >= num_classes):
-            raise ValueError(f"gt_labels of image {b} must lie in 0..{num_classes - 1}, "
-                             f"got values in {int(lab.min())}..{int(lab.max())}")
+    on_cpu = [lab for lab in labels if lab.device.type == "cpu" and lab.numel() > 0]
+    if num_classes is not None and on_cpu:
+        every = torch.cat(on_cpu)
+        if bool(((every < 0) | (every >= num_classes)).any()):          # one read for the batch
+            raise ValueError(f"gt_labels must lie in 0..{num_classes - 1}, "
+                             f"got values in {int(every.min())}..{int(every.max())}")
     src = labels[0].device
     device = torch.device(device) if device is not None else src
     sizes = tuple(int(lab.shape[0]) for lab in labels)

@@ -69,3 +69,16 @@ def test_overhead_bench_two_schemes(tmp_path):
     assert result[0]["time_ratio"] == 1.0 and result[1]["params"] >= result[0]["params"]
     assert all(r["step_s"] > 0 and r["peak_mem_mb"] > 0 for r in result)
     assert "ms" in text and "x o2o" in text
+    # the criterion's share of the step and its host readbacks (syncs are counted on CUDA only)
+    assert all(0 < r["criterion_share"] < 1 and r["criterion"] == "batched" for r in result)
+    assert all(r["criterion_readbacks"] >= 1 for r in result)
+    assert all((r["host_syncs_step"] is None) == (r["device"] == "cpu") for r in result)
+    assert "crit %" in text and "readbacks" in text
+
+    ref = tmp_path / "overhead_reference.json"
+    _run("overhead.py", "--schemes", "ms", "--steps", "1", "--warmup", "0", "--batch", "2", "--image-size", "96",
+         "--reference-criterion", "--json", str(ref), "model.num_queries=20")
+    (reference,) = json.loads(ref.read_text())["results"]
+    # the per-image criterion reads back per image and layer: more than the batched one
+    assert reference["criterion"] == "reference"
+    assert reference["criterion_readbacks"] > result[1]["criterion_readbacks"]
