@@ -227,7 +227,8 @@ fig
 # | `msdetr_lite/ops.py`, `kernels/` | `ms_deform_attn` with torch / numba / CUDA backends |
 # | `msdetr_lite/engine.py` | training loop, checkpoints, resume, DDP |
 # | `msdetr_lite/evaluation.py`, `analysis.py` | COCO AP per decoder layer, candidate quality |
-# | `msdetr_lite/viz.py`, `widgets.py`, `zoo.py` | drawing, interactive panels, cached notebook runs |
+# | `msdetr_lite/viz/`, `widgets.py`, `zoo.py` | drawing (one palette), interactive panels, cached notebook runs |
+# | `msdetr_lite/runs.py` | reading a run folder: config, losses per step and epoch, evaluations |
 # | `msdetr_lite/cli.py` | the `msdetr` command (`data`, `train`, `eval`, `compare`, `demo`) |
 # | `runs/notebooks/` | the notebooks' trained runs (delete to retrain) |
 #
