@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo lab data bench clean-venv
+.PHONY: venv test test-fast test-gpu demo lab data notebooks bench regime clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -22,11 +22,22 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	MSDETR_FAST=1 $(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
+# on a machine with a CUDA device: build the CUDA extension, `pytest -m gpu`, the kernel benchmark
+# at the paper's shapes (bench/gpu_check.sh; its python3, or PYTHON=...). `make test` skips the GPU
+# tests cleanly where there is no device.
+test-gpu:
+	bash bench/gpu_check.sh
+
 demo: $(STAMP)
 	$(PY) -m msdetr_lite demo --out runs/demo
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+# the .ipynb from their jupytext sources (notebooks/NN_name.py), outputs stripped
+notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --to ipynb --update notebooks/0*.py
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/0*.ipynb
 
 data: $(STAMP)
 	$(PY) -m msdetr_lite data shapes --out data/shapes
@@ -34,6 +45,10 @@ data: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/kernels.py
 	$(PY) bench/overhead.py
+
+# where MS-DETR beats o2o, NMS-free and with NMS (resumable; several sittings on a CPU)
+regime: $(STAMP)
+	$(PY) bench/regime.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 def run_one(scheme: str, seed: int, args) -> dict:
     from msdetr_lite.config import apply_overrides, preset
     from msdetr_lite.engine import train
-    from msdetr_lite.report import load_run
+    from msdetr_lite.runs import load_run
 
     run_dir = Path(args.runs) / f"{scheme}_s{seed}"
     if args.fresh or not (run_dir / "eval.json").exists():
@@ -36,13 +36,13 @@ def run_one(scheme: str, seed: int, args) -> dict:
         print(f"== {scheme}, seed {seed}: {cfg.train.epochs} epochs -> {run_dir}", file=sys.stderr, flush=True)
         train(cfg, progress=not args.no_progress)
     run = load_run(run_dir)
-    epochs = [r for r in run["epochs"] if r.get("eval")]
+    evals = run.epoch_evals()
     return {"scheme": scheme, "seed": seed, "dir": str(run_dir),
-            "epoch": [r["epoch"] for r in epochs],
-            "AP": [r["eval"]["final"]["AP"] for r in epochs],
-            "AP50": [r["eval"]["final"]["AP50"] for r in epochs],
-            "AP_per_layer": [[l["AP"] for l in r["eval"]["layers"]] for r in epochs],
-            "epoch_time_s": [r["epoch_time"] for r in run["epochs"]]}
+            "epoch": [epoch for epoch, _ in evals],
+            "AP": [ev["final"]["AP"] for _, ev in evals],
+            "AP50": [ev["final"]["AP50"] for _, ev in evals],
+            "AP_per_layer": [[l["AP"] for l in ev["layers"]] for _, ev in evals],
+            "epoch_time_s": [r["epoch_time"] for r in run.epochs]}
 
 
 def _mean_spread(values: list[float]) -> tuple[float, float]:

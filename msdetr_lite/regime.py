@@ -11,7 +11,7 @@ seed, says where each half holds.
     cells = CELLS                                  # name -> Cell(overrides, question, only)
     records = collect(root, cells, schemes, seeds) # from finished run folders
     summary = summarize(records)                   # per cell: mean / spread per scheme, deltas
-    plot_study(summary, "regime.png")              # the figure the notebooks show
+    plot_study(summary, "regime.png")              # viz.plot_regime, the figure the notebooks show
 
 bench/regime.py runs the grid (resumable: finished runs are kept) and writes JSON plus the plot.
 """
@@ -160,44 +160,12 @@ def format_table(summary: Sequence[dict], cells: Mapping[str, Cell] = CELLS) -> 
     return "\n".join(lines)
 
 
-def plot_study(summary: Sequence[dict], path: Optional[str | Path] = None, schemes: Sequence[str] = ("ms", "hybrid")):
-    """Two panels, NMS-free and with NMS: AP of each scheme minus o2o's (x100) per cell, bars at
-    the mean over seeds, whiskers over the seeds' range; the goal line at +2 AP. Returns the figure
-    (saved to `path` when given)."""
-    import matplotlib
+def plot_study(summary: Sequence[dict], path: Optional[str | Path] = None):
+    """viz.plot_regime of a summary at this study's NMS IoU, saved to `path` when given."""
+    from . import viz
+    fig = viz.plot_regime(summary, NMS_IOU)
     if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from .viz import SCHEME_COLORS
-
-    names = [e["cell"] for e in summary]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(names) + 3), 4.2), sharey=True)
-    width = 0.8 / max(len(schemes), 1)
-    for ax, key, title in zip(axes, ("AP", "AP_nms"), ("NMS-free (as the detector runs)", f"with NMS at IoU {NMS_IOU}")):
-        for j, scheme in enumerate(schemes):
-            xs, ys, lo, hi = [], [], [], []
-            for i, e in enumerate(summary):
-                d = e["delta"].get(scheme, {}).get(key)
-                if d is None:
-                    continue
-                xs.append(i + (j - (len(schemes) - 1) / 2) * width)
-                ys.append(100 * d["mean"])
-                lo.append(50 * d["spread"])
-                hi.append(50 * d["spread"])
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=scheme,
-                   color=SCHEME_COLORS.get(scheme, None))
-        ax.axhline(0, color="black", lw=0.8)
-        ax.axhline(2, color="grey", lw=0.8, ls="--")
-        ax.set_title(title, fontsize=11)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=9)
-        ax.tick_params(axis="y", labelsize=9)
-    axes[0].set_ylabel("AP - o2o AP (x100)", fontsize=10)
-    axes[0].legend(fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
+        viz.save_figure(fig, path)
     return fig
 
 

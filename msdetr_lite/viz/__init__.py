@@ -9,6 +9,7 @@ matplotlib Figures, split by concept.
     attention     deformable attention: sampling points per level and layer, backend timings
     candidates    the paper's Fig. 1: top-k query boxes, candidate statistics per decoder layer
     training      runs (`msdetr_lite.runs`): losses per branch, AP per epoch and per layer
+    regime        the regime study (`msdetr_lite.regime`): AP minus o2o per cell, NMS-free and with NMS
     tables        markdown tables of dict rows
 
 Everything is importable from here (`from msdetr_lite.viz import plot_assignment`, `viz.O2O_COLOR`).
@@ -22,6 +23,7 @@ from .figures import (boxes_to_pixels, class_name, count_boxes, draw_boxes, fig_
 from .palette import (BAR_COLORS, BRANCH_COLORS, ENC_COLOR, GT_COLOR, LEVEL_COLORS, LEVEL_STRIDES, O2M_COLOR,
                       O2O_COLOR, REF_COLOR, SCHEME_COLORS, SCHEME_LABELS, SCHEME_STYLES, SCHEMES, layer_color,
                       scheme_color, scheme_label, scheme_of, scheme_style)
+from .regime import plot_regime
 from .tables import markdown_table
 from .training import plot_ap_curves, plot_ap_per_layer, plot_loss_curves, plot_total_loss
 
@@ -37,6 +39,6 @@ __all__ = [
     "plot_samples", "plot_detections", "plot_detection_grid", "plot_score_matrix", "plot_assignment",
     "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings",
     "plot_candidates", "plot_topk_comparison", "plot_topk_per_layer", "plot_candidate_quality",
-    "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer",
+    "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_regime",
     "markdown_table",
 ]
