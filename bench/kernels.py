@@ -74,9 +74,10 @@ def deformops_kernel():
         return None
 
     def run(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        # deformops takes float32 locations whatever the value dtype
-        return msda(value, spatial_shapes, level_start_index, sampling_locations.float(), attention_weights,
-                    backend=Backend.TRITON)
+        # deformops takes float32 locations whatever the value dtype; its output viewed as ours
+        out = msda(value, spatial_shapes, level_start_index, sampling_locations.float(), attention_weights,
+                   backend=Backend.TRITON)
+        return out.reshape(value.shape[0], sampling_locations.shape[1], -1)
 
     return run
 

@@ -5,6 +5,8 @@
 - ``ms_deform_attn.cpp`` (binding) + ``ms_deform_attn_cuda.cu`` (kernels, launchers) +
   ``ms_deform_attn.h`` + ``ms_deform_attn_kernels.cuh`` (per-thread math, host/device): the CUDA
   extension, compiled on first use by :func:`load_cuda_extension` (``torch.utils.cpp_extension.load``).
+  The same extension holds the opt-in throughput kernels of the ``cuda_v2`` backend:
+  ``ms_deform_attn_cuda_v2.cu`` (kernels, launchers) + ``ms_deform_attn_v2.cuh`` (per-thread math).
 
 Nothing heavy is imported here, so ``import msdetr_lite.kernels`` is cheap on any machine.
 """

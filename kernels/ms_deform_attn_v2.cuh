@@ -12,7 +12,7 @@
 //   * forward: one thread per (group, chunk). The thread computes each sampling point's bilinear
 //     corners once (Bilinear) and applies them to its C channels; no communication between threads;
 //   * backward: G lanes of one warp per group (G = D / C rounded up to a power of two, at most 32;
-//     lane j owns chunks j, j + G, ...). Per sampling point every lane adds its channels'
+//     lane j owns chunks j, j + G, ...), or, for small problems, per (group, slice of its points). Per sampling point every lane adds its channels'
 //     contributions to the point's three gradient sums (PointGrad) and scatters grad_value with
 //     vector atomics (Accumulate::add_vec); the G partial sums are then combined with warp shuffles
 //     and lane 0 writes the point's grad_sampling_locations / grad_attention_weights (finish_point).
@@ -45,15 +45,38 @@ struct RawBits<4> { using type = unsigned int; };
 template <>
 struct RawBits<2> { using type = unsigned short; };
 
-// out[k] = p[k] for k < C; p must be aligned to C * sizeof(scalar_t) (the launcher checks this).
+// A chunk as it sits in memory: C elements of scalar_t in one unsigned word of 2..16 bytes. Corners
+// are loaded raw and converted to acc_t only when used, so four bf16 / fp16 chunks in flight take
+// 16 registers instead of 32.
+template <typename scalar_t, int C>
+using RawChunk = typename RawBits<static_cast<int>(sizeof(scalar_t)) * C>::type;
+
+// The C elements at p, which must be aligned to C * sizeof(scalar_t) (the launcher checks this).
+template <typename scalar_t, int C>
+MSDA_HOST_DEVICE RawChunk<scalar_t, C> load_raw(const scalar_t* __restrict__ p) {
+  return *reinterpret_cast<const RawChunk<scalar_t, C>*>(p);
+}
+
+// All-zero bits: +0 in every floating-point type (the padding of a corner outside the map).
+template <typename scalar_t, int C>
+MSDA_HOST_DEVICE RawChunk<scalar_t, C> zero_raw() {
+  RawChunk<scalar_t, C> raw;
+  memset(&raw, 0, sizeof(raw));
+  return raw;
+}
+
 template <typename scalar_t, typename acc_t, int C>
-MSDA_HOST_DEVICE void load_chunk(const scalar_t* __restrict__ p, acc_t (&out)[C]) {
-  using raw_t = typename RawBits<static_cast<int>(sizeof(scalar_t)) * C>::type;
-  const raw_t raw = *reinterpret_cast<const raw_t*>(p);
+MSDA_HOST_DEVICE void unpack(const RawChunk<scalar_t, C>& raw, acc_t (&out)[C]) {
   scalar_t vals[C];
-  memcpy(vals, &raw, sizeof(raw_t));  // a register move after optimisation
+  memcpy(vals, &raw, sizeof(raw));  // a register move after optimisation
 #pragma unroll
   for (int k = 0; k < C; ++k) out[k] = static_cast<acc_t>(vals[k]);
+}
+
+// out[k] = p[k] for k < C (p aligned as for load_raw).
+template <typename scalar_t, typename acc_t, int C>
+MSDA_HOST_DEVICE void load_chunk(const scalar_t* __restrict__ p, acc_t (&out)[C]) {
+  unpack<scalar_t, acc_t, C>(load_raw<scalar_t, C>(p), out);
 }
 
 template <typename scalar_t, typename acc_t, int C>
@@ -136,21 +159,19 @@ MSDA_HOST_DEVICE void forward_chunk(int64_t g, int64_t chunk, const MSDAShape& s
       }
       const acc_t a = static_cast<acc_t>(attention_weights[pt]);
       // all four loads first (independent, in flight together), then the arithmetic
-      acc_t v[4][C];
+      RawChunk<scalar_t, C> raw[4];
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        if (b.inside[c]) {
-          load_chunk<scalar_t, acc_t, C>(value_chunk + b.pixel[c] * pixel_stride, v[c]);
-        } else {
-#pragma unroll
-          for (int k = 0; k < C; ++k) v[c][k] = acc_t(0);
-        }
+        raw[c] = b.inside[c] ? load_raw<scalar_t, C>(value_chunk + b.pixel[c] * pixel_stride)
+                             : zero_raw<scalar_t, C>();
       }
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
+        acc_t v[C];
+        unpack<scalar_t, acc_t, C>(raw[c], v);
         const acc_t aw = a * b.weight[c];
 #pragma unroll
-        for (int k = 0; k < C; ++k) acc[k] += aw * v[c][k];
+        for (int k = 0; k < C; ++k) acc[k] += aw * v[k];
       }
     }
   }
@@ -181,27 +202,25 @@ MSDA_HOST_DEVICE void backward_chunk(int64_t g, int64_t chunk, const MSDAShape& 
   const int64_t chunk_offset = n * sh.S * pixel_stride + m * sh.D + chunk * C;
   acc_t go[C];
   load_chunk<scalar_t, acc_t, C>(grad_output + g * sh.D + chunk * C, go);
-  acc_t v[4][C];
+  RawChunk<scalar_t, C> raw[4];  // all four loads first, in flight together
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
-    if (b.inside[c]) {
-      load_chunk<scalar_t, acc_t, C>(value + chunk_offset + b.pixel[c] * pixel_stride, v[c]);
-    } else {
-#pragma unroll
-      for (int k = 0; k < C; ++k) v[c][k] = acc_t(0);
-    }
+    raw[c] = b.inside[c] ? load_raw<scalar_t, C>(value + chunk_offset + b.pixel[c] * pixel_stride)
+                         : zero_raw<scalar_t, C>();
   }
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
     if (!b.inside[c]) continue;
     const int cy = c >> 1;
     const int cx = c & 1;
+    acc_t v[C];
+    unpack<scalar_t, acc_t, C>(raw[c], v);
     acc_t dot = acc_t(0);  // <grad_out, this corner's C channels>
     acc_t scattered[C];
     const acc_t aw = a * b.weight[c];
 #pragma unroll
     for (int k = 0; k < C; ++k) {
-      dot += go[k] * v[c][k];
+      dot += go[k] * v[k];
       scattered[k] = aw * go[k];
     }
     Accumulate::template add_vec<C>(grad_value + chunk_offset + b.pixel[c] * pixel_stride, scattered);
@@ -231,6 +250,26 @@ MSDA_HOST_DEVICE int backward_group_lanes(int64_t chunks) {
   int lanes = 1;
   while (lanes < chunks && lanes < 32) lanes *= 2;
   return lanes;
+}
+
+// Launch configuration per shape. resident_threads is what the GPU runs at once (multiprocessors
+// times threads per multiprocessor, 270k on an H100). The encoder (Lq = S, hundreds of thousands
+// of groups) fills it many times over with the layout above; a decoder (Lq of a few hundred, a few
+// thousand groups) would leave most multiprocessors idle, so it gets more, smaller work items.
+
+// Forward: 16-byte chunks when they still give one full GPU of threads, else one channel per
+// thread (4-8x as many threads, each with the same four loads in flight per point).
+MSDA_HOST_DEVICE bool forward_uses_chunks(int64_t groups, int64_t D, int widest, int64_t resident_threads) {
+  return groups * (D / widest) >= resident_threads;
+}
+
+// Backward: each group's L * P points are dealt to `slices` teams of lanes (slice s takes points
+// s, s + slices, ...; a point's gradients never need another slice). One slice when the groups fill
+// the GPU, doubling up to one point per team until they do.
+MSDA_HOST_DEVICE int64_t backward_point_slices(int64_t groups, int lanes, int64_t points, int64_t resident_threads) {
+  int64_t slices = 1;
+  while (slices < points && groups * lanes * slices < resident_threads) slices *= 2;
+  return slices < points ? slices : points;
 }
 
 }  // namespace v2

@@ -280,6 +280,12 @@ EXPORT(double, 2, f64_c2)
 EXPORT(float, 1, f32_c1)
 EXPORT(float, 4, f32_c4)
 extern "C" int lanes_for(int64_t chunks) { return v2::backward_group_lanes(chunks); }
+extern "C" int64_t point_slices(int64_t groups, int lanes, int64_t points, int64_t resident) {
+  return v2::backward_point_slices(groups, lanes, points, resident);
+}
+extern "C" bool uses_chunks(int64_t groups, int64_t D, int widest, int64_t resident) {
+  return v2::forward_uses_chunks(groups, D, widest, resident);
+}
 """
 
 
@@ -300,6 +306,30 @@ def host_kernels_v2(tmp_path_factory):
 def test_v2_group_lanes_are_powers_of_two_up_to_a_warp(host_kernels_v2):
     got = [host_kernels_v2.lanes_for(chunks) for chunks in (1, 2, 3, 5, 8, 9, 32, 33, 64)]
     assert got == [1, 2, 4, 8, 8, 16, 32, 32, 32]
+
+
+H100_RESIDENT_THREADS = 132 * 2048
+
+
+def test_v2_launch_configuration_per_shape(host_kernels_v2):
+    """The paper's shapes (M = 8, D = 32, L * P = 16) on an H100: the encoder keeps 16-byte chunks and
+    one team of lanes per group; the Lq = 300 decoder gets one channel per forward thread and its
+    backward points dealt to 8 teams; the Lq = 900, N = 8 decoder fills the GPU without either."""
+    import ctypes
+
+    lib = host_kernels_v2
+    lib.point_slices.restype = ctypes.c_int64
+    lib.point_slices.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    lib.uses_chunks.restype = ctypes.c_bool
+    lib.uses_chunks.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int64]
+    groups = {"encoder": 2 * 22223 * 8, "decoder_300": 2 * 300 * 8, "decoder_900": 8 * 900 * 8}
+    lanes_fp32 = lib.lanes_for(32 // 4)
+    slices = {k: lib.point_slices(g, lanes_fp32, 16, H100_RESIDENT_THREADS) for k, g in groups.items()}
+    assert slices == {"encoder": 1, "decoder_300": 8, "decoder_900": 1}
+    chunks = {k: lib.uses_chunks(g, 32, 4, H100_RESIDENT_THREADS) for k, g in groups.items()}
+    assert chunks == {"encoder": True, "decoder_300": False, "decoder_900": True}
+    # never more teams than points, and one point per team for a single tiny query
+    assert lib.point_slices(1, 1, 3, H100_RESIDENT_THREADS) == 3
 
 
 # (D, chunk width C): vector chunks (D = 8: 2 float32 chunks, 4 float64 chunks), single channels with

@@ -366,6 +366,29 @@ def test_auto_picks_cuda_on_gpu():
     assert ops.available_backends("cuda")[-2:] == ["cuda", "cuda_v2"]
 
 
+# cuda_v2 picks its work split from the problem size (ms_deform_attn_v2.cuh): a few queries get the
+# decoder split (one channel per forward thread, points dealt to several backward teams), an
+# encoder-sized call (Lq = S = 8500, 68k groups) the 16-byte chunks with one team per group.
+V2_SPLITS = [pytest.param(([[9, 7], [5, 4], [2, 3]], 2, 11), id="decoder-split"),
+             pytest.param(([[80, 80], [40, 40], [20, 20], [10, 10]], 1, 8500), id="encoder-split")]
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("split", V2_SPLITS)
+def test_cuda_v2_both_work_splits_match_reference(split, dtype):
+    shapes, N, Lq = split
+    inputs = [t.cuda() for t in make_inputs(shapes, N, Lq, 8, 32, 4, seed=41)]
+    ref_out, ref_grads, grad_out = reference(*inputs)
+    moved = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
+    out, grads, _ = forward_backward(with_backend("cuda_v2"), *moved, grad_out=grad_out.to(dtype))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert _max_rel(out, ref_out) < tol
+    for got, want in zip(grads, ref_grads):
+        assert _max_rel(got, want) < tol
+
+
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
