@@ -577,6 +577,28 @@ def _evaluate(run: Run, progress: bool) -> dict:
     return json.loads(json.dumps(result, default=float))        # plain floats (JSON, checkpoints)
 
 
+def _maybe_evaluate(run: Run, progress: bool) -> tuple[Optional[dict], float]:
+    """(AP per layer, seconds) every train.eval_every epochs and after the last; (None, 0) otherwise.
+    Keeps run.best_ap / best_epoch up to date."""
+    tc = run.cfg.train
+    if not (tc.eval_every > 0 and (run.epoch % tc.eval_every == 0 or run.epoch == tc.epochs)):
+        return None, 0.0
+    t_eval = time.perf_counter()
+    result = _evaluate(run, progress)
+    if result["final"]["AP"] > run.best_ap:
+        run.best_ap, run.best_epoch = result["final"]["AP"], run.epoch
+    return result, time.perf_counter() - t_eval
+
+
+def _announce(run: Run) -> None:
+    tc, info = run.cfg.train, run.dist
+    run.say(f"msdetr train: supervision={run.cfg.model.supervision}, "
+            f"{sum(p.numel() for p in run.params) / 1e6:.2f}M trainable params, device={run.device} "
+            f"x{info.world_size}, batch {tc.batch_size} ({tc.batch_size // info.world_size}/process), "
+            f"{len(run.train_loader.dataset)} train images, {run.steps_per_epoch} steps/epoch, "
+            f"epochs {run.epoch + 1}..{tc.epochs} -> {run.out}")
+
+
 def _save_checkpoint(run: Run) -> None:
     """out/checkpoint.pth for the completed epochs, atomically, and only with finite weights."""
     if not _all_finite(run.raw_model.parameters()):
@@ -660,11 +682,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, find_unused_
         run = setup(cfg, info, device, resume, find_unused_parameters)
         if run.is_main:
             _start_metrics(run, resume)
-        run.say(f"msdetr train: supervision={cfg.model.supervision}, "
-                f"{sum(p.numel() for p in run.params) / 1e6:.2f}M trainable params, device={device} "
-                f"x{info.world_size}, batch {tc.batch_size} ({tc.batch_size // info.world_size}/process), "
-                f"{len(run.train_loader.dataset)} train images, {run.steps_per_epoch} steps/epoch, "
-                f"epochs {run.epoch + 1}..{tc.epochs} -> {out}")
+        _announce(run)
 
         final_eval = None
         try:
@@ -675,16 +693,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, find_unused_
                 run.epoch_times.append(result["epoch_time"])
                 run.epoch = epoch + 1
 
-                eval_result, eval_time = None, 0.0
-                if tc.eval_every > 0 and (run.epoch % tc.eval_every == 0 or run.epoch == tc.epochs):
-                    t_eval = time.perf_counter()
-                    eval_result = _evaluate(run, progress)
-                    eval_time = time.perf_counter() - t_eval
-                    if eval_result["final"]["AP"] > run.best_ap:
-                        run.best_ap, run.best_epoch = eval_result["final"]["AP"], run.epoch
-                    if run.epoch == tc.epochs:
-                        final_eval = eval_result
-
+                eval_result, eval_time = _maybe_evaluate(run, progress)
+                if run.epoch == tc.epochs:
+                    final_eval = eval_result
                 _log_epoch(run, result, lrs, eval_result, eval_time)
                 _save_checkpoint(run)
                 if on_epoch_end is not None and run.is_main:
