@@ -455,7 +455,7 @@ class SetCriterion(nn.Module):
         cls_gt = t.cls_gt.clamp(min=0)
         image = torch.arange(batch, device=logits.device)[None, :, None]
         label = torch.zeros_like(cls_gt) if class_agnostic else gt.labels[image, cls_gt]
-        target = F.one_hot(label, num_classes).to(logits.dtype) * assigned[..., None]
+        target = torch.zeros_like(logits).scatter_(3, label[..., None], assigned[..., None].to(logits.dtype))
         if self.loss_cfg.iou_aware:
             with torch.no_grad():  # the IoU is a target, not a path for gradients
                 # box_iou over a batch of 1x1 problems: the IoU of each (prediction, GT) pair.
