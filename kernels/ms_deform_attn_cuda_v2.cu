@@ -119,12 +119,16 @@ __global__ void __launch_bounds__(256, 3)
   const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);
   // Every loop bound below depends on the block only, so whole warps iterate together and the
   // shuffles in group_sum always see every lane; threads without a point take part with zero sums.
+  // the usual case (D / C <= 32): each lane owns at most one chunk, whose grad_output it loads once
+  const bool one_chunk_per_lane = chunks <= lanes;
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < total; base += stride) {
     const int64_t i = base + threadIdx.x;
     const bool active = i < total;
     const int64_t unit = active ? i / lanes : 0;
     const int64_t g = unit / slices;
     const int64_t slice = unit % slices;
+    v2::RawChunk<scalar_t, C> go_raw = v2::zero_raw<scalar_t, C>();
+    if (active && one_chunk_per_lane && lane < chunks) go_raw = v2::grad_output_chunk<scalar_t, C>(g, lane, sh, grad_output);
     for (int64_t k = 0; k < rounds; ++k) {
       const int64_t lp = slice + k * slices;  // l * P + p
       const bool live = active && lp < points;
@@ -141,7 +145,8 @@ __global__ void __launch_bounds__(256, 3)
                                       static_cast<acc_t>(sampling_locations[2 * pt + 1]), H, W,
                                       level_start_index[l], b)) {
           for (int64_t chunk = lane; chunk < chunks; chunk += lanes) {
-            v2::backward_chunk<scalar_t, acc_t, C, VectorAtomicAccumulate>(g, chunk, sh, b, a, value, grad_output,
+            if (!one_chunk_per_lane) go_raw = v2::grad_output_chunk<scalar_t, C>(g, chunk, sh, grad_output);
+            v2::backward_chunk<scalar_t, acc_t, C, VectorAtomicAccumulate>(g, chunk, sh, b, a, go_raw, value,
                                                                            grad_value, pg);
           }
         }

@@ -188,20 +188,21 @@ struct PointGrad {
 
 // Backward, one chunk of one sampling point: adds the chunk's share to pg and scatters
 // grad_value[n, pixel, m, chunk * C : chunk * C + C] += a * weight * grad_out through
-// Accumulate::add_vec. a is the point's attention weight, b its corners (bilinear_point).
+// Accumulate::add_vec. a is the point's attention weight, b its corners (bilinear_point), go the
+// chunk of grad_output[n, q, m * D + chunk * C ...] (grad_output_chunk; the kernel loads it once per
+// group, not once per point, when a lane owns a single chunk).
 template <typename scalar_t, typename acc_t, int C, typename Accumulate>
 MSDA_HOST_DEVICE void backward_chunk(int64_t g, int64_t chunk, const MSDAShape& sh, const Bilinear<acc_t>& b,
-                                     acc_t a,
-                                     const scalar_t* __restrict__ value,        // [N, S, M, D]
-                                     const scalar_t* __restrict__ grad_output,  // [N, Lq, M * D]
-                                     acc_t* __restrict__ grad_value,            // [N, S, M, D]
+                                     acc_t a, const RawChunk<scalar_t, C>& go_raw,
+                                     const scalar_t* __restrict__ value,  // [N, S, M, D]
+                                     acc_t* __restrict__ grad_value,      // [N, S, M, D]
                                      PointGrad<acc_t>& pg) {
   int64_t n, m;
   group_coords(g, sh, n, m);
   const int64_t pixel_stride = sh.M * sh.D;
   const int64_t chunk_offset = n * sh.S * pixel_stride + m * sh.D + chunk * C;
   acc_t go[C];
-  load_chunk<scalar_t, acc_t, C>(grad_output + g * sh.D + chunk * C, go);
+  unpack<scalar_t, acc_t, C>(go_raw, go);
   RawChunk<scalar_t, C> raw[4];  // all four loads first, in flight together
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
@@ -232,6 +233,13 @@ MSDA_HOST_DEVICE void backward_chunk(int64_t g, int64_t chunk, const MSDAShape& 
     pg.x += (cx ? wy : -wy) * dot;
     pg.y += (cy ? wx : -wx) * dot;
   }
+}
+
+// The chunk of grad_output [N, Lq, M * D] that backward_chunk(g, chunk, ...) needs.
+template <typename scalar_t, int C>
+MSDA_HOST_DEVICE RawChunk<scalar_t, C> grad_output_chunk(int64_t g, int64_t chunk, const MSDAShape& sh,
+                                                         const scalar_t* __restrict__ grad_output) {
+  return load_raw<scalar_t, C>(grad_output + g * sh.D + chunk * C);
 }
 
 // Writes point pt's gradients from the group's summed PointGrad (zero for a point outside the map).

@@ -256,7 +256,9 @@ static void backward(const T* value, const int64_t* shapes, const int64_t* start
           for (int lane = 0; lane < lanes; ++lane) {
             v2::PointGrad<T> pg{0, 0, 0};
             for (int64_t chunk = lane; chunk < chunks; chunk += lanes)
-              v2::backward_chunk<T, T, C, PlainAccumulate>(g, chunk, sh, b, a, value, grad_out, grad_value, pg);
+              v2::backward_chunk<T, T, C, PlainAccumulate>(g, chunk, sh, b, a,
+                                                           v2::grad_output_chunk<T, C>(g, chunk, sh, grad_out),
+                                                           value, grad_value, pg);
             total.a += pg.a;  // the warp-shuffle sum over the group's lanes
             total.x += pg.x;
             total.y += pg.y;
