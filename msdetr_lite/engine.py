@@ -227,19 +227,79 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
                                           error_if_nonfinite=True)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; the backward also sums the incoming gradients over the ranks (every
+    rank's loss depends on the summed value)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CpuSyncBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics cover the batch of every process, for CPU
+    (gloo) runs: torch's SyncBatchNorm runs on GPUs only. Same maths as BatchNorm2d on the
+    concatenated batch: mean and biased variance per channel for normalising, the unbiased
+    variance for the running estimate. The sums go through _AllReduceSum, so each rank's input
+    also gets the gradient of the global statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:           # x [N, C, H, W]
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        dims, per_channel = (0, 2, 3), (1, -1, 1, 1)
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype)
+        dist.all_reduce(count)                                     # elements per channel, all ranks
+        mean = all_reduce(x.sum(dims)) / count
+        centered = x - mean.view(per_channel)
+        var = all_reduce((centered * centered).sum(dims)) / count  # two passes: no cancellation
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * count / max(float(count) - 1, 1.0))
+        y = centered * torch.rsqrt(var + self.eps).view(per_channel)
+        return y * self.weight.view(per_channel) + self.bias.view(per_channel) if self.affine else y
+
+
+def _cpu_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm2d below `module` by a CpuSyncBatchNorm2d that shares its
+    parameters and buffers (the same tensors: an optimizer built before still updates them)."""
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            sync = CpuSyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                      child.track_running_stats)
+            for key, param in child.named_parameters(recurse=False):
+                setattr(sync, key, param)
+            for key, buffer in child.named_buffers(recurse=False):
+                setattr(sync, key, buffer)
+            setattr(module, name, sync.train(child.training))
+        else:
+            _cpu_sync_batchnorm(child)
+    return module
+
+
 def maybe_sync_batchnorm(model: torch.nn.Module, train_cfg, info: DistInfo,
                          device: torch.device) -> torch.nn.Module:
     """With train.sync_bn under DDP (more than one process), BatchNorm layers (backbone_norm=bn)
-    use the batch statistics of all processes (SyncBatchNorm). Otherwise the model unchanged:
-    one process, or frozen_bn (nothing is estimated)."""
+    use the batch statistics of all processes: torch's SyncBatchNorm on CUDA, CpuSyncBatchNorm2d
+    on CPU. Otherwise the model unchanged: one process, or frozen_bn (nothing is estimated)."""
     if not (train_cfg.sync_bn and info.enabled):
         return model
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model
-    if device.type != "cuda":
-        raise ConfigError([f"train.sync_bn=True needs CUDA (torch's SyncBatchNorm runs on GPUs), "
-                           f"the device is {device}; set train.sync_bn=false"])
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _cpu_sync_batchnorm(model)
 
 
 # ---------------------------------------------------------------- small pieces

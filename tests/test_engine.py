@@ -263,24 +263,59 @@ def test_sync_batchnorm_only_under_ddp(micro_cfg):
     tc = preset("tiny").train
     tc.sync_bn = True
     two = engine.DistInfo(rank=0, world_size=2)
-    cuda = torch.device("cuda", 0)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
 
-    def sync_bns(m):
-        return sum(isinstance(x, torch.nn.SyncBatchNorm) for x in m.modules())
+    def count(m, cls):
+        return sum(type(x) is cls for x in m.modules())
 
     model = build_model(micro_cfg(backbone_norm="bn"))
+    n_bn = count(model, torch.nn.BatchNorm2d)
+    assert n_bn > 0
     assert engine.maybe_sync_batchnorm(model, tc, engine.DistInfo(), cuda) is model   # one process
-    n_bn = sum(isinstance(x, torch.nn.BatchNorm2d) for x in model.modules())
-    assert n_bn > 0 and sync_bns(model) == 0
     converted = engine.maybe_sync_batchnorm(model, tc, two, cuda)          # converting needs no GPU
-    assert sync_bns(converted) == n_bn
+    assert count(converted, torch.nn.SyncBatchNorm) == n_bn
     model = build_model(micro_cfg(backbone_norm="bn"))
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    on_cpu = engine.maybe_sync_batchnorm(model, tc, two, cpu)
+    assert count(on_cpu, engine.CpuSyncBatchNorm2d) == n_bn and count(on_cpu, torch.nn.BatchNorm2d) == 0
+    # the very same parameter and buffer tensors: an optimizer built before the conversion still sees them
+    after = {**dict(on_cpu.named_parameters()), **dict(on_cpu.named_buffers())}
+    assert after.keys() == tensors.keys() and all(after[k] is tensors[k] for k in tensors)
     frozen = build_model(micro_cfg(backbone_norm="frozen_bn"))
     assert engine.maybe_sync_batchnorm(frozen, tc, two, cuda) is frozen     # nothing to synchronise
-    with pytest.raises(ConfigError, match="train.sync_bn"):
-        engine.maybe_sync_batchnorm(model, tc, two, torch.device("cpu"))
     tc.sync_bn = False
+    model = build_model(micro_cfg(backbone_norm="bn"))
     assert engine.maybe_sync_batchnorm(model, tc, two, cuda) is model
+
+
+def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
+    """Without a process group it is BatchNorm2d; with a 1-process gloo group (all-reduce = identity)
+    its own code path gives BatchNorm2d's output, gradients and running statistics."""
+    import socket
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, requires_grad=True)
+    ref = torch.nn.BatchNorm2d(4)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
+    mine = engine._cpu_sync_batchnorm(torch.nn.Sequential(ref))[0]
+    assert isinstance(mine, engine.CpuSyncBatchNorm2d)
+    ref = torch.nn.BatchNorm2d(4).train()
+    ref.load_state_dict(mine.state_dict())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        y = mine(x)
+        (g_mine,) = torch.autograd.grad((y * torch.arange(y.numel()).view_as(y)).sum(), x)
+    finally:
+        torch.distributed.destroy_process_group()
+    y_ref = ref(x)
+    (g_ref,) = torch.autograd.grad((y_ref * torch.arange(y.numel()).view_as(y)).sum(), x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_mine, g_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mine.running_var, ref.running_var)
+    torch.testing.assert_close(mine.running_mean, ref.running_mean)
 
 
 class _Trip:
