@@ -261,7 +261,7 @@ def _usage_problems(error: BaseException) -> Optional[list[str]]:
     from msdetr_lite.checkpoint import CheckpointError
     if isinstance(error, (UsageError, ConfigError)):
         return error.problems
-    if isinstance(error, (FileNotFoundError, CheckpointError)):
+    if isinstance(error, (FileNotFoundError, PermissionError, CheckpointError)):
         return [str(error)]
     engine = sys.modules.get("msdetr_lite.engine")      # only a command that trains can raise these
     if engine is not None and isinstance(error, engine.RunDirError):
