@@ -138,8 +138,10 @@ def shape_names(requested: list[str]) -> list[str]:
     return names
 
 
-def run_rows(device: str, shapes: list[str], dtypes: list[str], warmup: int, repeats: int, bandwidth: float):
-    rows = []
+def run_rows(device: str, shapes: list[str], dtypes: list[str], warmup: int, repeats: int, bandwidth: float,
+             rows: list[dict], on_row) -> None:
+    """Appends one row per (shape, dtype, backend) to rows, calling on_row() after each (the JSON is
+    rewritten every time, so a run cut short by a timeout still leaves what it measured)."""
     for shape in shapes:
         for dtype_name in dtypes:
             inputs = make_inputs(shape, device, DTYPES[dtype_name])
@@ -155,6 +157,7 @@ def run_rows(device: str, shapes: list[str], dtypes: list[str], warmup: int, rep
                     if backend == "torch":
                         raise
                     rows.append(dict(row, error=f"{type(exc).__name__}: {exc}"[:200]))
+                    on_row()
                     continue
                 if backend == "torch":
                     ref = (fwd, fwd_bwd, out)
@@ -166,8 +169,18 @@ def run_rows(device: str, shapes: list[str], dtypes: list[str], warmup: int, rep
                                  forward_x_floor=round(fwd / floor_fwd_ms, 2),
                                  forward_backward_x_floor=round(fwd_bwd / floor_fwd_bwd_ms, 2),
                                  max_abs_diff_vs_reference=float((out.float() - ref[2].float()).abs().max())))
-                print(f"  done {shape:18s} {device:4s} {dtype_name:8s} {backend}", file=sys.stderr, flush=True)
-    return rows
+                on_row()
+                print(f"  done {format_row(rows[-1])}", file=sys.stderr, flush=True)
+
+
+def format_row(r: dict) -> str:
+    lead = f"{r['shape']:18s} {r['device']:6s} {r['dtype']:8s} {r['backend']:16s}"
+    if "error" in r:
+        return f"{lead} {r['error']}"
+    peak = "-" if r["peak_mem_forward_backward_mb"] is None else f"{r['peak_mem_forward_backward_mb']:.1f}"
+    return (f"{lead} {r['forward_ms']:9.3f} {r['forward_speedup']:6.1f}x {r['forward_x_floor']:7.1f}x "
+            f"{r['forward_backward_ms']:11.3f} {r['forward_backward_speedup']:6.1f}x "
+            f"{r['forward_backward_x_floor']:7.1f}x {peak:>9s} {r['max_abs_diff_vs_reference']:11.1e}")
 
 
 def print_table(rows: list[dict], bandwidth: dict) -> None:
@@ -176,14 +189,7 @@ def print_table(rows: list[dict], bandwidth: dict) -> None:
     print(header)
     print("-" * len(header))
     for r in rows:
-        lead = f"{r['shape']:18s} {r['device']:6s} {r['dtype']:8s} {r['backend']:16s}"
-        if "error" in r:
-            print(f"{lead} {r['error']}")
-            continue
-        peak = "-" if r["peak_mem_forward_backward_mb"] is None else f"{r['peak_mem_forward_backward_mb']:.1f}"
-        print(f"{lead} {r['forward_ms']:9.3f} {r['forward_speedup']:6.1f}x {r['forward_x_floor']:7.1f}x "
-              f"{r['forward_backward_ms']:11.3f} {r['forward_backward_speedup']:6.1f}x "
-              f"{r['forward_backward_x_floor']:7.1f}x {peak:>9s} {r['max_abs_diff_vs_reference']:11.1e}")
+        print(format_row(r))
     print("copy bandwidth (the floor's denominator): "
           + ", ".join(f"{d} {gbs:.1f} GB/s" for d, gbs in bandwidth.items()))
 
@@ -207,11 +213,6 @@ def main(argv=None) -> dict:
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     shapes = shape_names(args.shapes)
     rows, bandwidth = [], {}
-    for device in devices:
-        dtypes = args.dtypes or (["float32", "bfloat16"] if device == "cuda" else ["float32"])
-        bandwidth[device] = copy_bandwidth_gbs(device, args.warmup, args.repeats)
-        rows += run_rows(device, shapes, dtypes, args.warmup, args.repeats, bandwidth[device])
-    print_table(rows, bandwidth)
 
     import numba  # noqa: PLC0415 - only for the record
 
@@ -223,10 +224,19 @@ def main(argv=None) -> dict:
         environment=dict(torch=torch.__version__, numba=numba.__version__, python=platform.python_version(),
                          cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),
                          gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None),
-        results=rows,
+        results=rows,  # filled in place as the rows come
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def save() -> None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    for device in devices:
+        dtypes = args.dtypes or (["float32", "bfloat16"] if device == "cuda" else ["float32"])
+        bandwidth[device] = copy_bandwidth_gbs(device, args.warmup, args.repeats)
+        run_rows(device, shapes, dtypes, args.warmup, args.repeats, bandwidth[device], rows, save)
+    print_table(rows, bandwidth)
+    save()
     print(f"saved {args.out}")
     return result
 
