@@ -2,7 +2,9 @@
 
     cfg = preset("tiny")                       # CPU-sized, trains on the embedded data
     cfg = preset("r50")                        # the paper's configuration
-    apply_overrides(cfg, ["model.supervision=o2o", "train.epochs=24"])
+    apply_overrides(cfg, ["model.supervision=o2o", "train.epochs=24"])   # then checks every field
+    cfg.problems()                             # [] or one line per problem ("train.lr=-1.0: must be > 0")
+    cfg.validate()                             # raises ConfigError(problems) if there are any
 
 Every default of the method (K, tau, alpha, loss weights, lr groups) is the authors' value,
 see the method notes in the README; the `tiny` preset shrinks sizes and, as its trunk trains from
