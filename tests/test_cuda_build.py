@@ -222,6 +222,8 @@ def test_cuda_kernel_math_matches_reference_on_host(host_kernels, dtype):
 # shuffles do on the GPU), then finish_point. C = 1 and the 16-byte chunk width are both built.
 
 HARNESS_V2 = r"""
+#include <cuda_bf16.h>
+
 #include "ms_deform_attn_v2.cuh"
 using namespace msdetr_lite;
 
@@ -230,18 +232,19 @@ struct PlainAccumulate {  // serial execution: no atomics needed
   static void add_vec(T* address, const T (&v)[C]) { for (int k = 0; k < C; ++k) address[k] += v[k]; }
 };
 
-template <typename T, int C>
+// T: the tensors' dtype, A: the arithmetic (acc_t) type, C: channels per chunk
+template <typename T, typename A, int C>
 static void forward(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc, const T* weights,
                     T* out, const int64_t* dims) {
   const MSDAShape sh{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]};
   for (int64_t g = 0; g < sh.N * sh.Lq * sh.M; ++g)
     for (int64_t chunk = 0; chunk < sh.D / C; ++chunk)
-      v2::forward_chunk<T, T, C>(g, chunk, sh, value, shapes, starts, loc, weights, out);
+      v2::forward_chunk<T, A, C>(g, chunk, sh, value, shapes, starts, loc, weights, out);
 }
 
-template <typename T, int C>
+template <typename T, typename A, int C>
 static void backward(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc, const T* weights,
-                     const T* grad_out, T* grad_value, T* grad_loc, T* grad_weights, const int64_t* dims) {
+                     const T* grad_out, A* grad_value, T* grad_loc, T* grad_weights, const int64_t* dims) {
   const MSDAShape sh{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]};
   const int64_t chunks = sh.D / C;
   const int lanes = v2::backward_group_lanes(chunks);
@@ -249,14 +252,15 @@ static void backward(const T* value, const int64_t* shapes, const int64_t* start
     for (int64_t l = 0; l < sh.L; ++l) {
       for (int64_t p = 0; p < sh.P; ++p) {
         const int64_t pt = (g * sh.L + l) * sh.P + p;
-        const T a = weights[pt];
-        v2::PointGrad<T> total{0, 0, 0};
-        v2::Bilinear<T> b;
-        if (v2::bilinear_point<T>(loc[2 * pt], loc[2 * pt + 1], shapes[2 * l], shapes[2 * l + 1], starts[l], b)) {
+        const A a = static_cast<A>(weights[pt]);
+        v2::PointGrad<A> total{0, 0, 0};
+        v2::Bilinear<A> b;
+        if (v2::bilinear_point<A>(static_cast<A>(loc[2 * pt]), static_cast<A>(loc[2 * pt + 1]), shapes[2 * l],
+                                  shapes[2 * l + 1], starts[l], b)) {
           for (int lane = 0; lane < lanes; ++lane) {
-            v2::PointGrad<T> pg{0, 0, 0};
+            v2::PointGrad<A> pg{0, 0, 0};
             for (int64_t chunk = lane; chunk < chunks; chunk += lanes)
-              v2::backward_chunk<T, T, C, PlainAccumulate>(g, chunk, sh, b, a,
+              v2::backward_chunk<T, A, C, PlainAccumulate>(g, chunk, sh, b, a,
                                                            v2::grad_output_chunk<T, C>(g, chunk, sh, grad_out),
                                                            value, grad_value, pg);
             total.a += pg.a;  // the warp-shuffle sum over the group's lanes
@@ -264,23 +268,25 @@ static void backward(const T* value, const int64_t* shapes, const int64_t* start
             total.y += pg.y;
           }
         }
-        v2::finish_point<T, T>(pt, a, shapes[2 * l], shapes[2 * l + 1], total, grad_loc, grad_weights);
+        v2::finish_point<T, A>(pt, a, shapes[2 * l], shapes[2 * l + 1], total, grad_loc, grad_weights);
       }
     }
   }
 }
 
-#define EXPORT(T, C, SUFFIX)                                                                              \
+#define EXPORT(T, A, C, SUFFIX)                                                                           \
   extern "C" void forward_##SUFFIX(const T* v, const int64_t* s, const int64_t* st, const T* l, const T* w, \
-                                   T* o, const int64_t* d) { forward<T, C>(v, s, st, l, w, o, d); }       \
+                                   T* o, const int64_t* d) { forward<T, A, C>(v, s, st, l, w, o, d); }    \
   extern "C" void backward_##SUFFIX(const T* v, const int64_t* s, const int64_t* st, const T* l, const T* w, \
-                                    const T* g, T* gv, T* gl, T* gw, const int64_t* d) {                  \
-    backward<T, C>(v, s, st, l, w, g, gv, gl, gw, d);                                                     \
+                                    const T* g, A* gv, T* gl, T* gw, const int64_t* d) {                  \
+    backward<T, A, C>(v, s, st, l, w, g, gv, gl, gw, d);                                                  \
   }
-EXPORT(double, 1, f64_c1)
-EXPORT(double, 2, f64_c2)
-EXPORT(float, 1, f32_c1)
-EXPORT(float, 4, f32_c4)
+EXPORT(double, double, 1, f64_c1)
+EXPORT(double, double, 2, f64_c2)
+EXPORT(float, float, 1, f32_c1)
+EXPORT(float, float, 4, f32_c4)
+// bf16 tensors, float32 arithmetic and grad_value, 16-byte chunks of 8: what the GPU runs for bf16
+EXPORT(__nv_bfloat16, float, 8, bf16_c8)
 extern "C" int lanes_for(int64_t chunks) { return v2::backward_group_lanes(chunks); }
 extern "C" int64_t point_slices(int64_t groups, int lanes, int64_t points, int64_t resident) {
   return v2::backward_point_slices(groups, lanes, points, resident);
@@ -381,3 +387,40 @@ def test_cuda_v2_kernel_math_matches_reference_on_host(host_kernels_v2, dtype, D
     torch.testing.assert_close(out.double(), ref.detach(), **tol)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got.double(), want, **tol)
+
+
+def test_cuda_v2_bfloat16_math_on_host(host_kernels_v2):
+    """bf16 tensors, float32 arithmetic, 8-channel chunks (the GPU's bf16 path) against float64 on the
+    same bf16 numbers: one rounding to bf16 per result (grad_value stays float32), so 2 eps."""
+    import ctypes
+
+    from msdetr_lite.ops import ms_deform_attn_torch
+
+    gen = torch.Generator().manual_seed(5)
+    spatial_shapes = torch.tensor([[6, 5], [3, 4], [2, 1]])
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    N, S, M, D, Lq, L, P = 2, int(sizes.sum()), 3, 16, 7, 3, 2
+    bf16 = lambda t: t.to(torch.bfloat16).double()  # noqa: E731 - the numbers the kernel sees
+    value = bf16(torch.randn(N, S, M, D, generator=gen, dtype=torch.float64))
+    loc = torch.rand(N, Lq, M, L, P, 2, generator=gen, dtype=torch.float64) * 1.6 - 0.3
+    loc[0, 1, 2, 1, 0, 0] = -0.125  # pixel x = -1 exactly, as bf16 rounding often produces
+    loc = bf16(loc)
+    weights = bf16(torch.rand(N, Lq, M, L, P, generator=gen, dtype=torch.float64))
+    grad_out = bf16(torch.randn(N, Lq, M * D, generator=gen, dtype=torch.float64))
+    leaves = [t.clone().requires_grad_() for t in (value, loc, weights)]
+    ref = ms_deform_attn_torch(leaves[0], spatial_shapes, level_start_index, leaves[1], leaves[2])
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out)
+
+    value, loc, weights, grad_out = (t.to(torch.bfloat16).contiguous() for t in (value, loc, weights, grad_out))
+    out = torch.zeros(N, Lq, M * D, dtype=torch.bfloat16)
+    grads = [torch.zeros(value.shape), torch.zeros_like(loc), torch.zeros_like(weights)]  # grad_value float32
+    dims = torch.tensor([N, S, M, D, Lq, L, P])
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    host_kernels_v2.forward_bf16_c8(ptr(value), ptr(spatial_shapes), ptr(level_start_index), ptr(loc),
+                                    ptr(weights), ptr(out), ptr(dims))
+    host_kernels_v2.backward_bf16_c8(ptr(value), ptr(spatial_shapes), ptr(level_start_index), ptr(loc),
+                                     ptr(weights), ptr(grad_out), *map(ptr, grads), ptr(dims))
+    eps = torch.finfo(torch.bfloat16).eps
+    for got, want in zip((out, *grads), (ref.detach(), *ref_grads)):
+        torch.testing.assert_close(got.double(), want, rtol=2 * eps, atol=2 * eps * want.abs().max().item())
