@@ -12,7 +12,8 @@
 //   * forward: one thread per (group, chunk). The thread computes each sampling point's bilinear
 //     corners once (Bilinear) and applies them to its C channels; no communication between threads;
 //   * backward: G lanes of one warp per group (G = D / C rounded up to a power of two, at most 32;
-//     lane j owns chunks j, j + G, ...), or, for small problems, per (group, slice of its points). Per sampling point every lane adds its channels'
+//     lane j owns chunks j, j + G, ...), or, for small problems, per (group, slice of its points;
+//     see backward_point_slices). Per sampling point every lane adds its channels'
 //     contributions to the point's three gradient sums (PointGrad) and scatters grad_value with
 //     vector atomics (Accumulate::add_vec); the G partial sums are then combined with warp shuffles
 //     and lane 0 writes the point's grad_sampling_locations / grad_attention_weights (finish_point).
