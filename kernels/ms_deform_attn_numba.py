@@ -67,12 +67,14 @@ def _locate(loc_x, loc_y, H, W):
 
     Returns (inside, x0, y0, lx, ly): the top-left neighbour (x0, y0) and the fractional offsets
     lx, ly in [0, 1). ``inside`` is False when none of the four neighbours lies on the map, i.e. the
-    sample is exactly zero; written as a negated comparison it also rejects NaN locations, and it keeps
-    the float -> int conversion in range for huge coordinates.
+    sample and its location gradient are exactly zero; written as a negated comparison it also rejects
+    NaN locations, and it keeps the float -> int conversion in range for huge coordinates. x = -1 is
+    inside: the sample is zero there, but its right neighbour (weight lx = 0) gives grid_sample's
+    location gradient, as in the CUDA kernels.
     """
     x = loc_x * W - 0.5
     y = loc_y * H - 0.5
-    if not (x > -1.0 and y > -1.0 and x < W and y < H):
+    if not (x >= -1.0 and y >= -1.0 and x < W and y < H):
         return False, 0, 0, 0.0, 0.0
     xf = np.floor(x)
     yf = np.floor(y)

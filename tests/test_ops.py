@@ -256,6 +256,26 @@ def test_far_out_of_range_locations_read_zeros(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
+def test_pixel_minus_one_matches_grid_sample(backend, device):
+    """A location whose pixel coordinate is exactly -1 (x = loc * W - 0.5): the sample is zero, but
+    its right / lower neighbour lies on the map, so grid_sample's location gradient is not (half
+    precision rounding lands there often)."""
+    value, shapes, starts, loc, weights = make_inputs([[4, 5], [2, 3]], 1, 4, 2, 3, 2, seed=5)
+    loc = loc.clone()
+    size = shapes.flip(1).to(loc.dtype).view(1, 1, 1, 2, 1, 2)     # (W, H) per level
+    loc[:, 0, ..., 0] = (-1 + 0.5) / size[..., 0]                   # x = -1 for query 0
+    loc[:, 1, ..., 1] = (-1 + 0.5) / size[..., 1]                   # y = -1 for query 1
+    loc[:, 2] = (-1 + 0.5) / size                                    # both for query 2
+    ref_out, ref_grads, grad_out = reference(value, shapes, starts, loc, weights)
+    assert ref_grads[1][:, :2].abs().sum() > 0                       # the case under test is real
+    moved = [t.to(device) for t in (value, shapes, starts, loc, weights)]
+    out, grads, _ = forward_backward(with_backend(backend), *moved, grad_out=grad_out.to(device))
+    torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
 def test_empty_query_set(backend, device):
     value, shapes, starts, loc, weights = make_inputs([[3, 3]], 2, 0, 2, 3, 2, device=device)
     out, grads, _ = forward_backward(with_backend(backend), value, shapes, starts, loc, weights)
