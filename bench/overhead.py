@@ -30,7 +30,7 @@ float() / bool() of a tensor, each of which is a host sync on a GPU (on the CPU 
 criterion's count includes its one label-range check, skipped for targets already on a GPU). --reference-criterion measures the per-image criterion
 (SetCriterion(batched=False)) for a before / after comparison.
 
-The paper's claim (docs/msdetr-method.md): `ms` costs a few percent over `o2o`, far less than
+The paper's claim (docs/method.md): `ms` costs a few percent over `o2o`, far less than
 the extra queries of `hybrid` and `group`. On a shared CPU the times are noisy: use --repeats.
 Writes bench/results/overhead.json (or --json).
 """

@@ -1,6 +1,6 @@
 """SetCriterion: match, then supervise, for every decoder layer and every branch.
 
-Branches (docs/msdetr-method.md, "Losses"):
+Branches (docs/method.md, "Losses"):
 
 | branch | predictions | matching | weights cls / L1 / GIoU |
 |---|---|---|---|

@@ -6,7 +6,7 @@ Two ways to assign GTs to queries, both without gradients:
 * `one_to_one` (o2o): Hungarian matching as in DETR. Each GT gets exactly one query, so the
   detector learns to predict every object once and needs no NMS.
 * `one_to_many` (o2m): MS-DETR's matcher. Each GT also gets its top-K best-scoring queries,
-  a denser training signal for the same queries (see docs/msdetr-method.md, six steps).
+  a denser training signal for the same queries (see docs/method.md, "The one-to-many matcher").
   The steps are exposed one by one (`match_scores`, `select_positives`, `topk_per_gt`,
   `o2m_class_targets`) so the notebooks can show each of them.
 
@@ -208,7 +208,7 @@ def o2m_class_targets(query_idx: Tensor, gt_idx: Tensor, scores: Tensor) -> tupl
 def one_to_many(pred_logits: Tensor, pred_boxes: Tensor, gt_labels: Tensor, gt_boxes: Tensor,
                 k: int = 6, tau: float = 0.4, alpha: float = 0.3, max_pos_fraction: float = 0.25,
                 generator: Optional[torch.Generator] = None, return_scores: bool = False):
-    """MS-DETR's one-to-many matching of one image (the six steps of docs/msdetr-method.md).
+    """MS-DETR's one-to-many matching of one image (the six steps of docs/method.md).
 
     k:                K, at most this many queries per GT.
     tau:              score threshold for a positive (step 2).
