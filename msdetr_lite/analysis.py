@@ -34,13 +34,13 @@ from tqdm.auto import tqdm
 STAT_NAMES = ("best_iou", "best_iou_topk", "num_iou50", "num_iou70",
               "recall50_topk", "recall75_topk", "duplicates")
 STAT_TITLES = {
-    "best_iou": "best IoU per GT (all queries)",
-    "best_iou_topk": "best IoU per GT (top-k queries)",
-    "num_iou50": "queries with IoU >= 0.5 per GT",
-    "num_iou70": "queries with IoU >= 0.7 per GT",
-    "recall50_topk": "recall of top-k @ IoU 0.5",
-    "recall75_topk": "recall of top-k @ IoU 0.75",
-    "duplicates": "duplicates per image",
+    "best_iou": "best IoU per GT, all queries (mean IoU)",
+    "best_iou_topk": "best IoU per GT, top-k queries (mean IoU)",
+    "num_iou50": "queries with IoU >= 0.5 (per GT)",
+    "num_iou70": "queries with IoU >= 0.7 (per GT)",
+    "recall50_topk": "GTs found by the top-k at IoU 0.5 (fraction)",
+    "recall75_topk": "GTs found by the top-k at IoU 0.75 (fraction)",
+    "duplicates": "duplicates (per image)",
 }
 _PER_GT = STAT_NAMES[:-1]
 

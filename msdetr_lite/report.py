@@ -12,7 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 from . import viz
 from .runs import Run, load_run
@@ -43,6 +43,168 @@ def _by_label(runs: Sequence[Run]) -> dict[str, Run]:
 # the loss panels of a comparison: each branch's total, then the final layer's o2o terms (Fig. 2)
 LOSS_PANELS = (("o2o", None, None), ("o2m", None, None), ("enc", None, None),
                ("o2o", "cls", -1), ("o2o", "bbox", -1), ("o2o", "giou", -1))
+
+
+# ---------------------------------------------------------------- text from the numbers
+# differences below this (AP x100) are called "about equal": one seed on a CPU moves AP by
+# several points (the README: 37.7 vs 41.2 for the same seed on two CPU types)
+TIE_AP = 1.0
+NMS_IOU = 0.7            # the NMS-aware numbers: class-wise NMS at this IoU (the authors' option)
+FAST_NOTICE = ("**Fast mode (`MSDETR_FAST=1`): every model below was trained for 2 steps. Its numbers "
+               "are meaningless; they only show that the code runs.** Unset `MSDETR_FAST` (after "
+               "`make zoo`) for the real ones.")
+
+
+def fast_notice(fast: bool) -> str:
+    """The on-screen warning of fast mode (markdown), or "" in full mode."""
+    return FAST_NOTICE if fast else ""
+
+
+def _ap(ev: Mapping, nms: bool = False, layer: Optional[int] = None) -> Optional[float]:
+    """AP x100 of an `evaluation.evaluate` result: final layer (or `layer`), NMS-free or with NMS."""
+    part = ev.get("nms") if nms else ev
+    if not part:
+        return None
+    m = part["final"] if layer is None else part["layers"][layer]
+    return 100.0 * m["AP"] if m.get("AP", -1) >= 0 else None
+
+
+def _dups(ev: Mapping, layer: int = -1) -> Optional[float]:
+    d = (ev.get("duplicates") or {}).get("per_image") or []
+    return d[layer] if d else None
+
+
+SHORT_NAMES = {"ms": "MS-DETR", "o2o": "the o2o baseline", "hybrid": "H-DETR", "group": "Group-DETR"}
+
+
+def _relation(diff: float, other: str) -> str:
+    if abs(diff) < TIE_AP:
+        return f"about equal to {other} ({diff:+.1f})"
+    return f"{abs(diff):.1f} {'above' if diff > 0 else 'below'} {other}"
+
+
+def describe_nms_comparison(evals: Mapping[str, Mapping], model: str = "ms", baseline: str = "o2o",
+                            fast: bool = False) -> str:
+    """A paragraph (markdown) built from two `evaluate(..., nms_iou=...)` results: the model's
+    final-layer AP NMS-free and with NMS against the baseline's, the duplicates per image, and
+    what the two differences together say (candidates vs de-duplication). Says so when the
+    evaluations carry no NMS numbers."""
+    ev_m, ev_b = evals[model], evals[baseline]
+    name = SHORT_NAMES.get(model, model)
+    free_m, free_b = _ap(ev_m), _ap(ev_b)
+    if free_m is None or free_b is None:
+        return f"{name} or the baseline has no AP (no ground truth evaluated?)."
+    d_free = free_m - free_b
+    rel_free = _relation(d_free, f"the baseline's {free_b:.1f}")
+    text = [f"Here {name}'s NMS-free AP is {free_m:.1f}, {rel_free}"]
+    nms_m, nms_b = _ap(ev_m, nms=True), _ap(ev_b, nms=True)
+    if nms_m is None or nms_b is None:
+        text[0] += ". These evaluations have no NMS numbers (`evaluate(..., nms_iou=0.7)` adds them)."
+        return _fast_prefix(fast) + text[0]
+    d_nms = nms_m - nms_b
+    iou = ev_m["nms"]["iou"]
+    rel_nms = _relation(d_nms, f"the baseline's {nms_b:.1f}")
+    text[0] += f"; with class-wise NMS at IoU {iou:g} it is {nms_m:.1f}, {rel_nms}."
+    if d_nms >= TIE_AP and d_free <= -TIE_AP:
+        text.append("Its candidates are better, its duplicates are not yet suppressed: the o2o branch has not "
+                    "learned to silence the extra high-score queries that the o2m branch trains.")
+    elif d_nms >= TIE_AP and d_free >= TIE_AP:
+        text.append("It wins both ways: better candidates, and its o2o branch keeps the duplicates down.")
+    elif d_nms <= -TIE_AP and d_free <= -TIE_AP:
+        text.append("It loses both ways: on this run its candidates are not better than the baseline's either.")
+    elif d_nms <= -TIE_AP and d_free >= TIE_AP:
+        text.append("It wins NMS-free but not with NMS: fewer duplicates, but no better candidates.")
+    else:
+        text.append("The two are within about 1 AP on at least one of the two measures: on one seed that is noise.")
+    dm, db = _dups(ev_m), _dups(ev_b)
+    if dm is not None and db is not None:
+        text.append(f"Duplicates (confident queries on an already-claimed object, final layer): {dm:.1f} per image "
+                    f"for {name}, {db:.1f} for the baseline.")
+    return _fast_prefix(fast) + " ".join(text)
+
+
+def _fast_prefix(fast: bool) -> str:
+    return "(Fast mode: 2-step models, these numbers mean nothing.) " if fast else ""
+
+
+def nms_rows(evals: Mapping[str, Mapping]) -> list[dict]:
+    """One row per model: AP x100 per decoder layer NMS-free and with NMS, what NMS adds at the
+    final layer, and the duplicates per image of the final layer (markdown_table rows)."""
+    rows = []
+    for name, ev in evals.items():
+        n = len(ev.get("layers") or [])
+        free = "/".join(_fmt(ev["layers"][l]["AP"]) for l in range(n))
+        nms = "/".join(_fmt(ev["nms"]["layers"][l]["AP"]) for l in range(n)) if ev.get("nms") else "-"
+        gain = (_ap(ev, nms=True) - _ap(ev)) if ev.get("nms") and _ap(ev) is not None else None
+        dups = _dups(ev)
+        rows.append({"model": name, "AP per layer, NMS-free": free,
+                     f"AP per layer, NMS at IoU {ev['nms']['iou']:g}" if ev.get("nms") else "AP per layer, NMS": nms,
+                     "NMS adds (final layer)": "-" if gain is None else f"{gain:+.1f}",
+                     "duplicates / image": "-" if dups is None else f"{dups:.2f}"})
+    return rows
+
+
+# ---------------------------------------------------------------- the regime study
+REGIME_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "regime.json"
+
+
+def load_regime(path: Union[str, Path, None] = None) -> Optional[dict]:
+    """bench/regime.py's JSON ({"nms_iou", "cells", "summary", "runs"}), or None if not there."""
+    path = Path(path) if path is not None else REGIME_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def describe_regime(study: Mapping, scheme: str = "ms", goal: float = 2.0) -> str:
+    """Sentences built from a regime study's summary: in which cells `scheme` is at least `goal`
+    AP above o2o (mean over seeds), NMS-free and with NMS, and in which it is below."""
+    summary = [e for e in study.get("summary", []) if scheme in e.get("delta", {})]
+    if not summary:
+        return f"The study has no finished cell with both {scheme} and o2o yet."
+
+    def cells(key, test):
+        return [e["cell"] for e in summary if test(100 * e["delta"][scheme][key]["mean"])]
+
+    def names(xs):
+        return ", ".join(f"`{x}`" for x in xs) if xs else "none"
+
+    n = len(summary)
+    seeds = sorted({e["delta"][scheme]["AP"]["n"] for e in summary})
+    return (f"{n} cell(s) finished ({'/'.join(map(str, seeds))} seed(s) each). {scheme} at least {goal:g} AP above o2o "
+            f"NMS-free: {names(cells('AP', lambda d: d >= goal))}; below o2o NMS-free: "
+            f"{names(cells('AP', lambda d: d < 0))}. With NMS at IoU {study.get('nms_iou', NMS_IOU):g}, at least "
+            f"{goal:g} above: {names(cells('AP_nms', lambda d: d >= goal))}; below: "
+            f"{names(cells('AP_nms', lambda d: d < 0))}.")
+
+
+# ---------------------------------------------------------------- costs from the benchmark
+OVERHEAD_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "overhead.json"
+
+
+def benchmark_costs(path: Union[str, Path, None] = None) -> Optional[dict]:
+    """The training cost per scheme measured by bench/overhead.py (its JSON), as
+    {"rows": markdown rows, "caption": what was measured, where}; None if the file is missing."""
+    path = Path(path) if path is not None else OVERHEAD_JSON
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    results = data.get("results") or []
+    if not results:
+        return None
+    rows = [{"scheme": r["scheme"],
+             "queries in training": (f"{r['num_queries']}+{r['extra_queries']}" if r.get("extra_queries")
+                                     else str(r["num_queries"])),
+             "ms / step (median)": f"{1e3 * r['step_s']:.1f}",
+             "time vs o2o": f"{r['time_ratio']:.2f}x",
+             "peak memory (MiB)": f"{r['peak_mem_mb']:.0f}",
+             "memory vs o2o": f"{r['mem_ratio']:.2f}x"} for r in results]
+    first, args = results[0], data.get("args", {})
+    machine = data.get("machine") or first.get("machine")
+    caption = (f"`{path.name}` from `bench/overhead.py`: preset `{first['preset']}`, batch {first['batch']}, "
+               f"{first['image_size']} px images, device `{first['device']}`"
+               + (f" ({machine})" if machine else " (the file does not name the machine)")
+               + f", median of {first['steps']} steps after {first['warmup']} warm-up steps, "
+               f"{args.get('repeats', 1)} round(s); memory: {first['mem_kind']}.")
+    return {"rows": rows, "caption": caption}
 
 
 # ---------------------------------------------------------------- tables
@@ -81,7 +243,7 @@ def candidate_table(stats_by_model: dict) -> str:
         rows.append({"model": name, "best IoU per GT": f"{c['best_iou']:.3f}",
                      "best IoU, top-20": f"{c['best_iou_topk']:.3f}",
                      "queries IoU>=0.5 per GT": f"{c['num_iou50']:.2f}",
-                     "recall@0.5, top-20": f"{c['recall50_topk']:.3f}", "duplicates / image": f"{c['duplicates']:.2f}"})
+                     "recall at IoU 0.5, top-20": f"{c['recall50_topk']:.3f}", "duplicates / image": f"{c['duplicates']:.2f}"})
     return viz.markdown_table(rows) + "\n"
 
 
@@ -96,12 +258,13 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path,
     runs = [load_run(d, name=labels[i] if labels else None) for i, d in enumerate(run_dirs)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "loss_curves.png", out / "ap_per_epoch.png", out / "ap_per_layer.png"]
+    files = [out / "loss_curves.png", out / "ap_per_epoch.png", out / "ap_per_layer.png", out / "o2o_losses.png"]
     by_label = _by_label(runs)
     viz.save_figure(viz.plot_loss_curves(by_label, panels=LOSS_PANELS, x="epoch", steps_behind=True,
                                          title="training losses (weighted, as optimised)"), files[0])
     viz.save_figure(viz.plot_ap_curves(by_label, metrics=("AP",), per_layer=True), files[1])
     viz.save_figure(viz.plot_ap_per_layer(by_label, metrics=("AP",)), files[2])
+    viz.save_figure(viz.plot_o2o_losses(by_label), files[3])          # the paper's Fig. 2
     summaries = [summarize_run(r) for r in runs]
     (out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
     (out / "summary.md").write_text("AP values x100 (COCO), final decoder layer unless noted.\n\n"
@@ -121,6 +284,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_r
     from msdetr_lite.data import build_dataset, resolve_root
     from msdetr_lite.data.synthetic import generate
     from msdetr_lite.engine import build_val_loader, load_model_from_checkpoint, resolve_device, train
+    from msdetr_lite.evaluation import evaluate
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -153,6 +317,11 @@ def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_r
     loader = build_val_loader(cfg, val, cfg.train.batch_size)
     cand = {name: analysis.candidate_quality_over_loader(m, loader, device, progress=progress)
             for name, m in models.items()}
+    nms = {name: evaluate(m, loader, device, progress=progress, nms_iou=NMS_IOU) for name, m in models.items()}
+    (out / "eval_nms.json").write_text(json.dumps(nms, indent=2) + "\n")
+    viz.save_figure(viz.plot_nms_ap_per_layer({sup: nms[name] for sup, name in
+                                               (("o2o", "baseline (o2o)"), ("ms", "MS-DETR (ms)"))}),
+                    out / "ap_nms.png")
     analysis.save_json(cand, out / "candidates.json")
     viz.save_figure(viz.plot_candidate_quality(cand), out / "candidates.png")
     viz.save_figure(viz.plot_detection_grid(models, val, device=device), out / "detections.png")
@@ -173,7 +342,18 @@ Inference is identical (primary queries, top-100, no NMS). Total demo time {elap
 
 {summary_table(s)}
 MS-DETR minus baseline: **{100 * (ms_ap - o2o_ap):+.1f} AP** at the final layer. On a run this
-small the difference is noisy (try `bench/convergence.py` for several seeds).
+small the difference is noisy (one seed; `make regime` runs two per cell).
+
+## NMS-free and with NMS: candidates vs de-duplication
+
+The detector runs NMS-free; the same predictions scored after class-wise NMS at IoU {NMS_IOU:g}
+measure the candidates alone (AP x100 per decoder layer, duplicates per image at the final layer).
+
+{viz.markdown_table(nms_rows(nms))}
+
+{describe_nms_comparison({"ms": nms["MS-DETR (ms)"], "o2o": nms["baseline (o2o)"]})}
+
+![AP per layer, without and with NMS](ap_nms.png)
 
 ## Candidate quality, final decoder layer (the paper's Fig. 1 statistics)
 
@@ -188,6 +368,13 @@ small the difference is noisy (try `bench/convergence.py` for several seeds).
 
 ## Losses
 
+The paper's Fig. 2: the o2o classification and box losses per epoch (final layer), the baseline
+dashed and MS-DETR solid.
+
+![o2o losses per epoch](o2o_losses.png)
+
+All branches:
+
 ![loss curves](loss_curves.png)
 
 ## Detections
@@ -199,4 +386,4 @@ Runs: `{runs['ms']}`, `{runs['o2o']}` (metrics.jsonl, eval.json, final.pth). Rep
 """
     (out / "report.md").write_text(report)
     print(f"demo: wrote {out / 'report.md'} ({elapsed / 60:.1f} min)")
-    return {"report": str(out / "report.md"), "summaries": s, "candidates": cand, "seconds": elapsed}
+    return {"report": str(out / "report.md"), "summaries": s, "candidates": cand, "nms": nms, "seconds": elapsed}

@@ -335,3 +335,122 @@ def test_detection_grid_rows_are_models():
     assert viz.count_boxes(fig.axes[0], "detection") == 2 and viz.count_boxes(fig.axes[2], "detection") == 3
     assert viz.count_boxes(fig, "gt") == 4
     assert fig.axes[0].get_ylabel() == "ms" and "top-3" in fig.axes[2].get_title()
+
+
+# ---------------------------------------------------------------- issue 14: readable, honest figures and text
+def _eval(ap_layers, nms_layers=None, dups=None, iou=0.7):
+    """An `evaluation.evaluate` result with known APs (fractions) per layer, optionally with NMS."""
+    ev = {"final": {"AP": ap_layers[-1], "AP50": ap_layers[-1]}, "layers": [{"AP": a, "AP50": a} for a in ap_layers],
+          "layer_ids": list(range(len(ap_layers))), "num_images": 10,
+          "duplicates": {"per_image": dups or [0.0] * len(ap_layers), "score_thresh": 0.3, "dup_iou": 0.5}}
+    if nms_layers is not None:
+        ev["nms"] = {"iou": iou, "final": {"AP": nms_layers[-1]}, "layers": [{"AP": a} for a in nms_layers]}
+    return ev
+
+
+def _small_texts(fig, minimum=9.0):
+    """(text, size) of every visible, non-empty text artist of `fig` below `minimum` points, after a draw."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+    FigureCanvasAgg(fig).draw()
+    return [(t.get_text(), t.get_fontsize()) for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and t.get_fontsize() < minimum]
+
+
+def test_markdown_table_escapes_headers_and_renders():
+    text = viz.markdown_table([{"max |diff|": "a|b", "multi\nline": 1}])
+    assert text.splitlines()[0] == "| max \\|diff\\| | multi line |"
+    assert viz.table_renders(text)
+    assert not viz.table_renders("| max |diff| | b |\n|---|---|\n| 1 | 2 |")      # the old, broken header
+    assert viz.table_renders("no table here\n\nat all")
+    assert not viz.table_renders("| a | b |\n|---|---|\n| 1 | 2 | 3 |")
+
+
+def test_every_label_at_least_9pt():
+    """Tick labels, axis labels, legends, box captions and titles of the suite's figures: >= 9 pt."""
+    layers = [{n: 0.1 * (l + 1) for n in ("best_iou", "best_iou_topk", "num_iou50", "num_iou70", "recall50_topk",
+                                            "recall75_topk", "duplicates")} for l in range(3)]
+    M, L, P = 2, 2, 2
+    w = torch.rand(M, L, P)
+    figs = {
+        "assignment": viz.plot_assignment(_image(), _assignment(Q=40), class_names=["square", "cross"]),
+        "attention": viz.plot_deformable_attention(_image(), torch.rand(M, L, P, 2), w / w.sum(dim=(1, 2), keepdim=True),
+                                                   ref_box=torch.tensor([0.5, 0.5, 0.3, 0.3]), title="q"),
+        "losses": viz.plot_loss_curves(_records()),
+        "fig2": viz.plot_o2o_losses(_records()),
+        "ap": viz.plot_ap_curves(_records()),
+        "candidates": viz.plot_candidate_quality({"o2o": layers, "ms": layers}),
+        "taps": viz.plot_tap_placements("after_ca"),
+        "nms": viz.plot_nms_ap_per_layer({"o2o": _eval([0.5, 0.6], [0.55, 0.65]), "ms": _eval([0.4, 0.3], [0.6, 0.7])}),
+    }
+    small = {name: _small_texts(fig) for name, fig in figs.items()}
+    assert not any(small.values()), {k: v for k, v in small.items() if v}
+
+
+def test_plot_tap_placements_marks_the_selected_tap():
+    fig = viz.plot_tap_placements("after_sa")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 4 and any("after_sa" in t for t in titles) and any("None" in t for t in titles)
+    bold = [ax.get_title() for ax in fig.axes if ax.title.get_fontweight() == "bold"]
+    assert len(bold) == 1 and "after_sa" in bold[0]
+    assert "cross-attention" in [t.get_text() for t in fig.axes[1].texts]
+    with pytest.raises(ValueError, match="o2m_tap"):
+        viz.draw_tap(fig.axes[0], "before_everything")
+
+
+def test_plot_o2o_losses_is_fig2():
+    fig = viz.plot_o2o_losses(_records())
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 3 and all("o2o branch" in ax.get_title() for ax in visible)
+    styles = {l.get_label(): l.get_linestyle() for l in visible[0].get_lines() if not l.get_label().startswith("_")}
+    assert styles == {"o2o": "--", "ms": "-"}                       # baseline dashed, MS-DETR solid
+
+
+def test_plot_nms_ap_per_layer_two_lines_per_model():
+    fig = viz.plot_nms_ap_per_layer({"o2o": _eval([0.5, 0.6], [0.55, 0.65]), "ms": _eval([0.4, 0.3])})
+    lines = fig.axes[0].get_lines()
+    assert [l.get_label() for l in lines] == ["o2o, NMS-free", "o2o, NMS at IoU 0.7", "ms, NMS-free"]
+    assert list(lines[1].get_ydata()) == pytest.approx([55, 65])
+
+
+def test_describe_nms_comparison_follows_the_numbers():
+    from msdetr_lite import report
+    evals = {"ms": _eval([0.30, 0.377], [0.6, 0.688], dups=[6.0, 5.4]),
+             "o2o": _eval([0.50, 0.516], [0.6, 0.630], dups=[3.0, 2.9])}
+    text = report.describe_nms_comparison(evals)
+    assert "37.7, 13.9 below the baseline's 51.6" in text and "68.8, 5.8 above the baseline's 63.0" in text
+    assert "candidates are better" in text and "5.4 per image" in text and "2.9 for the baseline" in text
+    wins = report.describe_nms_comparison({"ms": _eval([0.6], [0.7]), "o2o": _eval([0.5], [0.6])})
+    assert "wins both ways" in wins and "above the baseline's 50.0" in wins
+    loses = report.describe_nms_comparison({"ms": _eval([0.4], [0.5]), "o2o": _eval([0.5], [0.6])})
+    assert "loses both ways" in loses
+    tie = report.describe_nms_comparison({"ms": _eval([0.505], [0.6]), "o2o": _eval([0.5], [0.6])}, fast=True)
+    assert tie.startswith("(Fast mode") and "about equal" in tie
+    no_nms = report.describe_nms_comparison({"ms": _eval([0.4]), "o2o": _eval([0.5])})
+    assert "no NMS numbers" in no_nms and "10.0 below" in no_nms
+    rows = report.nms_rows(evals)
+    assert rows[0]["AP per layer, NMS-free"] == "30.0/37.7" and rows[0]["NMS adds (final layer)"] == "+31.1"
+    assert rows[1]["duplicates / image"] == "2.90" and viz.table_renders(viz.markdown_table(rows))
+
+
+def test_benchmark_costs_and_regime_text(tmp_path):
+    from msdetr_lite import report
+    assert report.benchmark_costs(tmp_path / "missing.json") is None
+    res = [{"scheme": s, "num_queries": 100, "extra_queries": x, "step_s": t, "time_ratio": t / 0.2,
+            "peak_mem_mb": 500.0, "mem_ratio": 1.0, "preset": "tiny", "batch": 4, "image_size": 128, "device": "cpu",
+            "steps": 20, "warmup": 3, "mem_kind": "cpu ru_maxrss"} for s, x, t in (("o2o", 0, 0.2), ("hybrid", 150, 0.3))]
+    path = tmp_path / "overhead.json"
+    path.write_text(__import__("json").dumps({"args": {"repeats": 3}, "results": res}))
+    costs = report.benchmark_costs(path)
+    assert [r["time vs o2o"] for r in costs["rows"]] == ["1.00x", "1.50x"]
+    assert costs["rows"][1]["queries in training"] == "100+150"
+    assert "device `cpu`" in costs["caption"] and "does not name the machine" in costs["caption"]
+    assert "3 round(s)" in costs["caption"] and "after 3 warm-up" in costs["caption"]
+    assert report.load_regime(tmp_path / "regime.json") is None
+    d = lambda ap, nms: {"AP": {"mean": ap, "spread": 0.01, "n": 2}, "AP_nms": {"mean": nms, "spread": 0.01, "n": 2}}
+    study = {"nms_iou": 0.7, "summary": [{"cell": "demo", "delta": {"ms": d(-0.1, 0.05)}},
+                                         {"cell": "dec6", "delta": {"ms": d(0.03, 0.04)}}]}
+    text = report.describe_regime(study)
+    assert "2 cell(s) finished (2 seed(s) each)" in text
+    assert "NMS-free: `dec6`; below o2o NMS-free: `demo`" in text and "at least 2 above: `demo`, `dec6`" in text
+    assert "no finished cell" in report.describe_regime({"summary": []})

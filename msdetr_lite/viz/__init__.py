@@ -9,6 +9,7 @@ matplotlib Figures, split by concept.
     attention     deformable attention: sampling points per level and layer, backend timings
     candidates    the paper's Fig. 1: top-k query boxes, candidate statistics per decoder layer
     training      runs (`msdetr_lite.runs`): losses per branch, AP per epoch and per layer
+    method        the paper's Fig. 4: where the o2m branch taps the decoder layer
     regime        the regime study (`msdetr_lite.regime`): AP minus o2o per cell, NMS-free and with NMS
     tables        markdown tables of dict rows
 
@@ -23,9 +24,11 @@ from .figures import (boxes_to_pixels, class_name, count_boxes, draw_boxes, fig_
 from .palette import (BAR_COLORS, BRANCH_COLORS, ENC_COLOR, GT_COLOR, LEVEL_COLORS, LEVEL_STRIDES, O2M_COLOR,
                       O2O_COLOR, REF_COLOR, SCHEME_COLORS, SCHEME_LABELS, SCHEME_STYLES, SCHEMES, layer_color,
                       scheme_color, scheme_label, scheme_of, scheme_style)
+from .method import TAPS, draw_tap, plot_tap_placements
 from .regime import plot_regime
-from .tables import markdown_table
-from .training import plot_ap_curves, plot_ap_per_layer, plot_loss_curves, plot_total_loss
+from .tables import escape_cell, markdown_table, table_renders
+from .training import (plot_ap_curves, plot_ap_per_layer, plot_loss_curves, plot_nms_ap_per_layer, plot_o2o_losses,
+                       plot_total_loss)
 
 __all__ = [
     # palette
@@ -40,5 +43,6 @@ __all__ = [
     "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings",
     "plot_candidates", "plot_topk_comparison", "plot_topk_per_layer", "plot_candidate_quality",
     "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_regime",
-    "markdown_table",
+    "plot_o2o_losses", "plot_nms_ap_per_layer", "TAPS", "draw_tap", "plot_tap_placements",
+    "markdown_table", "escape_cell", "table_renders",
 ]

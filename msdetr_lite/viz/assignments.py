@@ -51,12 +51,12 @@ def plot_score_matrix(ax, scores, o2o=None, o2m=None, candidates=None, tau: Opti
         for g, c in zip(gs.tolist(), qs.tolist()):
             ax.add_patch(Rectangle((c - 0.5, g - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=0.6, zorder=2))
     ax.set_xticks(range(len(cols)))
-    ax.set_xticklabels([str(q) for q in cols], fontsize=6, rotation=90)
-    ax.set_xlabel(f"query id ({len(cols)} of {Q} shown)", fontsize=8)
+    ax.set_xticklabels([str(q) for q in cols], fontsize=9, rotation=90)
+    ax.set_xlabel(f"query id ({len(cols)} of {Q} shown)", fontsize=9)
     ylabels = [f"GT {g}" + (f" {class_name(class_names, gt_labels[g])}" if gt_labels is not None else "")
                for g in range(G)]
     ax.set_yticks(range(G))
-    ax.set_yticklabels(ylabels, fontsize=7)
+    ax.set_yticklabels(ylabels, fontsize=9)
     handles = []
     if "cand" in pairs:
         sel = set(zip(*[t.tolist() for t in pairs["o2m"]])) if "o2m" in pairs else set()
@@ -81,9 +81,9 @@ def plot_score_matrix(ax, scores, o2o=None, o2m=None, candidates=None, tau: Opti
         handles.append(Line2D([], [], marker="s", linestyle="", markerfacecolor="none", markeredgecolor=O2O_COLOR,
                               markeredgewidth=2, label=f"o2o pair ({len(q)})"))
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.04, pad=0.01).set_label("S", fontsize=8)
+        ax.figure.colorbar(im, ax=ax, fraction=0.04, pad=0.01).set_label("S", fontsize=9)
     if handles:
-        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
+        ax.legend(handles=handles, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
                   frameon=False)
     return cols
 

@@ -79,7 +79,7 @@ def plot_deformable_attention(image, sampling_locations, attention_weights, ref_
     masked = np.ma.masked_where(heat <= 0, heat)
     him = ax_heat.imshow(masked, cmap="magma", alpha=0.85, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
                          interpolation="nearest")
-    fig.colorbar(him, ax=ax_heat, fraction=0.04, pad=0.01).set_label("summed attention weight", fontsize=8)
+    fig.colorbar(him, ax=ax_heat, fraction=0.04, pad=0.01).set_label("summed attention weight", fontsize=9)
     ax_heat.set_xticks([])
     ax_heat.set_yticks([])
     ax_heat.set_xlim(-0.5, w - 0.5)
@@ -117,7 +117,7 @@ def plot_attention_layers(image, per_layer: Sequence[Mapping], size=None, panel:
     handles = [box_handle(REF_COLOR, "reference box", "--"), box_handle(O2O_COLOR, "predicted box")]
     handles += [Line2D([], [], marker="o", linestyle="", color=LEVEL_COLORS[l], markeredgecolor="black",
                        label=f"level {l} (stride {LEVEL_STRIDES[l]})") for l in range(min(4, loc.shape[1]))]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle(title or "One query through the decoder layers", fontsize=10)
     return fig
 

@@ -91,7 +91,7 @@ def show_image(ax, image, title: Optional[str] = None, size=None, normalized=Non
 def draw_boxes(ax, boxes_xyxy, color, *, gid: Optional[str] = None, label: Optional[str] = None,
                texts: Optional[Sequence[str]] = None, alpha: Union[float, Sequence[float]] = 1.0,
                linewidth: Union[float, Sequence[float]] = 1.6, linestyle: str = "-", zorder: float = 3,
-               fontsize: float = 7) -> list:
+               fontsize: float = 9) -> list:
     """Draw (x1, y1, x2, y2) pixel boxes as rectangles on `ax`; returns the patches.
 
     color: one colour, or one per box. alpha / linewidth: a value or one per box.
@@ -132,7 +132,7 @@ def count_boxes(fig_or_ax, gid: Optional[str] = None) -> int:
 
 def add_legend(ax, handles=None, **kw):
     """The suite's small legend on `ax` (of `handles`, else of the labelled artists; none if there are none)."""
-    kw.setdefault("fontsize", 7)
+    kw.setdefault("fontsize", 9)
     kw.setdefault("loc", "upper right")
     kw.setdefault("framealpha", 0.8)
     if handles is not None:
@@ -162,8 +162,9 @@ def fig_to_png(fig: Figure, dpi: float = 100) -> bytes:
     return buf.getvalue()
 
 
-def save_thumbnail(fig: Figure, path: Union[str, Path], width: int = 600) -> Path:
-    """Save `fig` as a PNG exactly `width` pixels wide (README thumbnails); returns the path."""
+def save_thumbnail(fig: Figure, path: Union[str, Path], width: int = 1000) -> Path:
+    """Save `fig` as a PNG exactly `width` pixels wide (README thumbnails: at least 800 px, so
+    that the labels stay readable); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dpi = width / fig.get_figwidth()

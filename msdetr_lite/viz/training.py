@@ -90,7 +90,7 @@ def plot_loss_curves(histories: Mapping[str, RunLike], branches: Sequence[str] =
             add_legend(ax)
         else:
             ax.text(0.5, 0.5, f"no {branch} losses\n(o2o-only models have none)", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=8, color="grey")
+                    transform=ax.transAxes, fontsize=9, color="grey")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title or "Training losses per branch: o2o baseline dashed, MS-DETR solid", fontsize=10)
@@ -171,4 +171,38 @@ def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequenc
             ax.plot([i + 1 for i in ids], [100 * m[metric] for m in layers], marker="o", label=name, **style)
         _ap_axes(ax, "decoder layer", metric, f"{metric} per decoder layer")
     fig.suptitle("Every decoder layer is a detector: AP per layer", fontsize=10)
+    return fig
+
+
+# the paper's Fig. 2: the o2o classification and box losses of the final decoder layer
+FIG2_PANELS = (("o2o", "cls", -1), ("o2o", "bbox", -1), ("o2o", "giou", -1))
+
+
+def plot_o2o_losses(histories: Mapping[str, RunLike], title: Optional[str] = None) -> Figure:
+    """The paper's Fig. 2: o2o classification, L1 and GIoU losses of the final decoder layer per
+    epoch (epoch means, logged steps faint behind), the baseline dashed and MS-DETR solid.
+    These are the losses of the branch used at inference, so lower is better for every scheme."""
+    return plot_loss_curves(histories, panels=FIG2_PANELS, x="epoch", steps_behind=True,
+                            title=title or "Fig. 2: o2o losses per epoch (final layer), "
+                                           "baseline dashed, MS-DETR solid")
+
+
+def plot_nms_ap_per_layer(evals: Mapping[str, Mapping], metric: str = "AP") -> Figure:
+    """`metric` (x100) per decoder layer of each model, NMS-free (solid markers, as the detector
+    runs) and after class-wise NMS (hollow markers, thin line): the gap between a model's two
+    lines is what its duplicates cost. evals: {name: `evaluate(..., nms_iou=...)` result}."""
+    fig, axes = new_figure(1, 1, (6.0, 3.6))
+    ax = axes[0, 0]
+    iou = None
+    for name, ev in evals.items():
+        style = _style(name, Run(name, []))
+        ids = [i + 1 for i in (ev.get("layer_ids") or range(len(ev["layers"])))]
+        ax.plot(ids, [100 * m[metric] for m in ev["layers"]], marker="o", linewidth=1.8,
+                label=f"{name}, NMS-free", **style)
+        if ev.get("nms"):
+            iou = ev["nms"]["iou"]
+            ax.plot(ids, [100 * m[metric] for m in ev["nms"]["layers"]], marker="o", markerfacecolor="white",
+                    linewidth=1.0, label=f"{name}, NMS at IoU {iou:g}", **style)
+    _ap_axes(ax, "decoder layer", metric, f"{metric} per decoder layer, without and with NMS")
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
