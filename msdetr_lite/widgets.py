@@ -21,6 +21,7 @@ cached per (model, image), so moving K / tau / alpha only re-runs the matcher.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -36,7 +37,8 @@ from .matching import match_scores, one_to_many, one_to_one, select_positives
 
 __all__ = [
     "Panel", "ModelBank", "SampleCache", "run_model", "branch_predictions", "compute_assignment",
-    "query_order", "query_attention", "topk_candidates", "detections_panel", "assignment_panel",
+    "query_order", "query_attention", "topk_candidates", "default_score_threshold", "k_sensitive_image",
+    "detections_panel", "assignment_panel",
     "attention_panel", "candidates_panel", "deform_inputs", "compare_backends", "model_backend_agreement",
 ]
 
@@ -221,8 +223,11 @@ class Panel:
     draws (how many times it drew), error (the traceback text of a failed redraw, or None).
     """
 
+    BUSY_AFTER_S = 0.5           # a redraw that takes longer shows the busy line until it ends
+    BUSY_TEXT = "&#8987; redrawing ..."
+
     def __init__(self, controls: Mapping[str, W.ValueWidget], draw: Callable[..., Figure],
-                 title: Optional[str] = None, dpi: float = 90):
+                 title: Optional[str] = None, dpi: float = 90, note: str = ""):
         self.controls = dict(controls)
         self._draw = draw
         self.dpi = dpi
@@ -232,8 +237,15 @@ class Panel:
         self.error: Optional[str] = None
         self._hold = False
         self.output = W.Output(layout=W.Layout(min_height="200px"))
+        # the busy line: shown by a timer thread when a redraw outlasts BUSY_AFTER_S (the kernel's
+        # main thread is busy drawing then, a thread can still send the widget update)
+        self.busy = W.HTML("", layout=W.Layout(min_height="1.5em"))
+        self.busy_shown = 0                       # how many redraws showed it
         rows = [W.HTML(f"<b>{title}</b>")] if title else []
+        if note:
+            rows.append(W.HTML(note))
         rows.append(W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap")))
+        rows.append(self.busy)
         rows.append(self.output)
         self.widget = W.VBox(rows)
         for control in self.controls.values():
@@ -258,7 +270,14 @@ class Panel:
 
     def redraw(self) -> Figure:
         """Draw with the current values and show the figure; raises if drawing fails."""
-        fig = self._draw(**self.values())
+        timer = threading.Timer(self.BUSY_AFTER_S, self._show_busy)
+        timer.daemon = True
+        timer.start()
+        try:
+            fig = self._draw(**self.values())
+        finally:
+            timer.cancel()
+            self.busy.value = ""
         png = viz.fig_to_png(fig, dpi=self.dpi)
         self.figure, self.png, self.error = fig, png, None
         self.draws += 1
@@ -270,6 +289,10 @@ class Panel:
             "metadata": {"image/png": {"width": int(w), "height": int(h)}},
         },)
         return fig
+
+    def _show_busy(self) -> None:
+        self.busy_shown += 1
+        self.busy.value = f"<span style='color:#b35900'>{self.BUSY_TEXT}</span>"
 
     def _on_change(self, change) -> None:
         if self._hold:
@@ -316,10 +339,25 @@ def _n_layers(cache: SampleCache, name: str, index: int) -> int:
 
 
 # ---------------------------------------------------------------- panels
-def detections_panel(model, dataset, indices: Optional[Sequence[int]] = None, score_thresh: float = 0.3,
+def default_score_threshold(outputs: dict, n: int) -> float:
+    """A score threshold that keeps the `n` best (query, class) scores of one image's final
+    layer (rounded down to 0.01): a default that shows something whatever the model's
+    calibration (a young detector's scores are around 0.1-0.3, a trained one's near 1)."""
+    from .models import postprocess
+
+    scores = postprocess(outputs, torch.tensor([[1, 1]]), k=max(1, n))[0]["scores"]
+    if not len(scores):
+        return 0.0
+    return max(0.0, float(torch.floor(scores[-1] * 100) / 100))
+
+
+def detections_panel(model, dataset, indices: Optional[Sequence[int]] = None, score_thresh: Optional[float] = None,
                      k: int = 100, top: int = 100) -> Panel:
     """Image, score threshold and "top" (at most this many, best first): the model's detections
-    (final decoder layer, `k` per image as in evaluation) with the GT."""
+    (final decoder layer, `k` per image as in evaluation) with the GT.
+
+    score_thresh: None = keep as many detections on the first image as it has objects
+    (`default_score_threshold`), so the default view shows the model's best guesses."""
     from .models import postprocess
 
     bank = ModelBank(model)
@@ -327,6 +365,9 @@ def detections_panel(model, dataset, indices: Optional[Sequence[int]] = None, sc
     cache = SampleCache(dataset, bank)
     indices = _indices(dataset, indices)
     class_names = getattr(dataset, "class_names", None)
+    if score_thresh is None:
+        _, first = cache.sample(indices[0])
+        score_thresh = default_score_threshold(cache.outputs(name, indices[0]), len(first["labels"]))
 
     def draw(image: int, score: float, top: int) -> Figure:
         idx = indices[image]
@@ -343,14 +384,33 @@ def detections_panel(model, dataset, indices: Optional[Sequence[int]] = None, sc
     return Panel(controls, draw, title="Detections of the trained model")
 
 
+def k_sensitive_image(cache: "SampleCache", name: str, indices: Sequence[int], matcher: MatcherConfig,
+                      layer: int = -1) -> Optional[int]:
+    """The first position in `indices` whose o2m assignment (final layer, the matcher's tau and
+    alpha) changes when K goes from matcher.k to matcher.k + 1, i.e. an image with a GT that has
+    more than K positives; None if no image has one."""
+    for pos, idx in enumerate(indices):
+        _, target = cache.sample(idx)
+        out = cache.outputs(name, idx)
+        pairs = [compute_assignment(out, target, layer=layer, k=k, tau=matcher.tau, alpha=matcher.alpha,
+                                    max_pos_fraction=matcher.max_pos_fraction, matcher=matcher)["o2m"]
+                 for k in (matcher.k, matcher.k + 1)]
+        if len(pairs[0][0]) != len(pairs[1][0]):
+            return pos
+    return None
+
+
 def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
                      matcher: Optional[MatcherConfig] = None, checkpoint: Optional[str] = None,
-                     max_queries: int = 40) -> Panel:
+                     max_queries: int = 40, image: Optional[int] = None) -> Panel:
     """One-to-one vs one-to-many assignment on real model outputs.
 
     models: {checkpoint label: module or checkpoint path} (e.g. the epochs of one training run).
     Controls: image, decoder layer, K, tau, alpha, training checkpoint. Shows the GT boxes, the
     o2o match, the o2m matches coloured by score and S as a heatmap with the pairs marked.
+    image: the position in `indices` shown first; None = the first image where one more K adds
+    pairs (`k_sensitive_image`), so moving K visibly changes the assignment; the panel says so
+    when no image qualifies.
     """
     matcher = matcher or MatcherConfig()
     bank = ModelBank(models)
@@ -360,6 +420,14 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
     names = bank.names
     start = checkpoint if checkpoint is not None else names[-1]
     n_layers = _n_layers(cache, start, indices[0])
+    if image is None:
+        image = k_sensitive_image(cache, start, indices, matcher)
+    note = ""
+    if image is None:
+        image = 0
+        note = (f"<i>At tau = {matcher.tau:g} no image here has a GT with more than K = {matcher.k} positives, so "
+                f"moving K changes only the hollow circles (the top-K candidates), not the pairs: "
+                f"lower tau to see K act.</i>")
 
     def draw(image: int, layer: int, K: int, tau: float, alpha: float, checkpoint: str) -> Figure:
         idx = indices[image]
@@ -369,19 +437,21 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
                                max_pos_fraction=matcher.max_pos_fraction, matcher=matcher)
         fig = viz.plot_assignment(img, a, class_names=class_names, size=target["size"].tolist(),
                                   max_queries=max_queries)
-        fig.axes[0].set_title(f"image {idx}, {checkpoint}, decoder layer {layer}: o2o (Hungarian) vs o2m (top-K)",
+        fig.axes[0].set_title(f"image {idx}, {checkpoint}, decoder layer {layer}\no2o (Hungarian) vs o2m (top-K)",
                               fontsize=10)
         return fig
 
+    image_control = _image_control(indices)
+    image_control.value = image
     controls = {
-        "image": _image_control(indices),
+        "image": image_control,
         "layer": _slider("decoder layer", n_layers, 1, n_layers),
         "K": _slider("K", matcher.k, 1, 20),
         "tau": _fslider("tau", matcher.tau, 0.0, 1.0, 0.05),
         "alpha": _fslider("alpha", matcher.alpha, 0.0, 1.0, 0.05),
         "checkpoint": W.Dropdown(options=names, value=start, description="checkpoint"),
     }
-    return Panel(controls, draw, title="One-to-one vs one-to-many assignment")
+    return Panel(controls, draw, title="One-to-one vs one-to-many assignment", note=note)
 
 
 def attention_panel(model, dataset, indices: Optional[Sequence[int]] = None) -> Panel:
@@ -408,7 +478,7 @@ def attention_panel(model, dataset, indices: Optional[Sequence[int]] = None) -> 
         return viz.plot_deformable_attention(
             img, qa["sampling_locations"], qa["attention_weights"], ref_box=qa["reference"], pred_box=qa["box"],
             size=target["size"].tolist(), head=h,
-            title=(f"image {idx}, query {q} (score rank {query}; {cls} {qa['score']:.2f} at this layer), "
+            title=(f"image {idx}, query {q} (score rank {query}; {cls} {qa['score']:.2f} at this layer)\n"
                    f"decoder layer {layer}, {'all heads' if h is None else f'head {h}'}"))
 
     controls = {

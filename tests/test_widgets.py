@@ -332,3 +332,65 @@ def test_zoo_lock_is_exclusive(tmp_path):
             zoo._lock(path).acquire(timeout=0)
     with zoo._lock(path).acquire(timeout=0):
         pass
+
+
+# ---------------------------------------------------------------- issue 14: defaults that show something
+def test_detections_panel_default_threshold_shows_one_box_per_object(micro_ms):
+    ds = TinySet()
+    panel = widgets.detections_panel(micro_ms, ds, top=100)
+    out = widgets.run_model(micro_ms, ds[0][0], aux=False)
+    thresh = panel.values()["score"]
+    assert thresh == widgets.default_score_threshold(out, 2)
+    scores = out["o2o"][-1]["logits"].sigmoid().flatten().sort(descending=True).values
+    assert scores[1] >= thresh and thresh > 0.0             # the 2 best pass; an untrained model's scores are low
+    assert viz.count_boxes(panel.figure, "detection") >= 2  # ties at the rounded threshold may add a few
+    assert widgets.default_score_threshold(out, 0) == widgets.default_score_threshold(out, 1)
+
+
+def test_assignment_panel_opens_where_k_matters():
+    class OneCrowd(CrowdModel):
+        """Crowds the first GT only on image 2 (index 2): the other images get scattered, weak queries."""
+
+        def forward(self, images, masks=None, return_attention=False, aux_branches=None):
+            out = super().forward(images, masks, return_attention, aux_branches)
+            if float(images.flatten()[0]) != float(TinySet()[2][0].flatten()[0]):
+                for branch in ("o2o", "o2m"):
+                    for layer in out.get(branch, []):
+                        layer["logits"] = torch.full_like(layer["logits"], -6.0)
+                        layer["boxes"] = torch.rand(layer["boxes"].shape, generator=torch.Generator().manual_seed(3))
+            return out
+
+    ds = TinySet()
+    panel = widgets.assignment_panel({"final": OneCrowd()}, ds)
+    assert panel.controls["image"].value == 2
+    before = viz.count_boxes(panel.figure, "o2m")
+    panel.controls["K"].value = panel.controls["K"].value + 1          # what the browser test's ArrowRight does
+    assert viz.count_boxes(panel.figure, "o2m") == before + 1
+    weak = widgets.assignment_panel({"final": CrowdModel(with_o2m=False)}, ds, matcher=MatcherConfig(tau=1.0))
+    assert weak.controls["image"].value == 0
+    note = weak.widget.children[1]
+    assert "lower tau" in note.value
+
+
+def test_panel_shows_busy_line_only_for_slow_redraws(monkeypatch):
+    import time as _time
+
+    import ipywidgets as W
+
+    seen = []
+
+    def draw(delay):
+        _time.sleep(delay)
+        seen.append(panel_ref[0].busy.value if panel_ref else "")
+        fig, axes = viz.new_figure(1, 1, (2, 2))
+        return fig
+
+    panel_ref = []
+    monkeypatch.setattr(widgets.Panel, "BUSY_AFTER_S", 0.05)
+    panel = widgets.Panel({"delay": W.FloatSlider(value=0.0, min=0.0, max=1.0)}, draw)
+    panel_ref.append(panel)
+    panel.controls["delay"].value = 0.3                 # longer than BUSY_AFTER_S: the line shows while drawing
+    assert "redrawing" in seen[-1] and panel.busy_shown == 1
+    assert panel.busy.value == ""                       # and is gone once the figure is there
+    panel.controls["delay"].value = 0.0
+    assert seen[-1] == "" and panel.busy_shown == 1
