@@ -137,6 +137,9 @@ class TrainConfig:
     log_every: int = 10                   # read losses back from the device every log_every steps
     max_steps_per_epoch: int = 0          # 0 = full epoch
     sync_bn: bool = False                 # DDP: synchronise BatchNorm statistics over the processes
+    # every evaluation also scores AP after class-wise NMS at this IoU (0 = off): the headline AP
+    # stays NMS-free, the difference is what duplicates cost (evaluation.evaluate(nms_iou=...))
+    eval_nms_iou: float = 0.7
 
 
 @dataclass
@@ -261,7 +264,8 @@ _RULES: dict[str, dict[str, Rule]] = {
               "weight_decay": _NON_NEGATIVE, "clip_max_norm": _NON_NEGATIVE, "batch_size": _at_least(1),
               "epochs": _NON_NEGATIVE, "lr_drop": _NON_NEGATIVE, "seed": _NON_NEGATIVE,
               "device": _device, "output_dir": _not_empty, "eval_every": _NON_NEGATIVE,
-              "log_every": _at_least(1), "max_steps_per_epoch": _NON_NEGATIVE},
+              "log_every": _at_least(1), "max_steps_per_epoch": _NON_NEGATIVE,
+              "eval_nms_iou": _in_range(0, 1)},
 }
 
 

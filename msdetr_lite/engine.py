@@ -631,9 +631,11 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True) -> dict:
 
 # ---------------------------------------------------------------- evaluation and checkpoints
 def _evaluate(run: Run, progress: bool) -> dict:
-    """AP per decoder layer on the val set (all ranks share it; evaluate() gathers, all get the AP)."""
+    """AP per decoder layer on the val set (all ranks share it; evaluate() gathers, all get the AP),
+    NMS-free and, with train.eval_nms_iou, after class-wise NMS; duplicates per image."""
     from msdetr_lite.evaluation import evaluate
-    result = evaluate(run.raw_model, run.val_loader, run.device, layers="all", progress=progress and run.is_main)
+    result = evaluate(run.raw_model, run.val_loader, run.device, layers="all", progress=progress and run.is_main,
+                      nms_iou=run.cfg.train.eval_nms_iou or None)
     return json.loads(json.dumps(result, default=float))        # plain floats (JSON, checkpoints)
 
 
