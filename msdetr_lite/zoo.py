@@ -14,17 +14,17 @@ extra config overrides are given.
 Two schedules of the `tiny` preset on the embedded shapes data (`SCHEDULES`):
     fast  (env MSDETR_FAST=1, CI): a handful of steps on a few images; pictures are of an
           almost untrained model, the point is that every cell runs.
-    full  a real short schedule sized for a 2-core CPU: 4 epochs of 60 steps of 4 images, an
-          evaluation per epoch; about 1.8 minutes per model on two quiet cores (measured for ms:
-          AP 7.1, AP50 14.2 on the shapes val set: candidates gather, scores are still low).
-          `make demo` trains 5x longer (AP 37.7). Raise the steps in `SCHEDULES` for sharper
-          pictures. On a GPU the engine's `train.device=auto` uses it.
+    full  the demo's recipe (`make demo`): 4 epochs of 300 steps of 4 images (the whole 1200-image
+          train split), lr drop after epoch 3, seed 42, an evaluation per epoch; about 5.5
+          minutes per model on two quiet cores (the demo measured AP 37.7 for ms, 51.6 for o2o).
+          Build all four once with `python -m msdetr_lite.zoo build` (about 25 minutes).
+          On a GPU the engine's `train.device=auto` uses it.
 
 Training runs `msdetr_lite.engine.train` in a subprocess (`python -m msdetr_lite.zoo train ...`):
-the notebook kernel stays small, and the peak memory the engine logs is that run's alone. It
-trains one epoch at a time (the engine's resume: identical to an uninterrupted run) and keeps
-a weights-only snapshot per epoch, `epoch_{e}.pth` (`epoch_0.pth` = the initialisation), for
-the notebooks' "training checkpoint" selectors. A run is reused when its `zoo.json` records
+the notebook kernel stays small, and the peak memory the engine logs is that run's alone. One
+uninterrupted training; the engine's `on_epoch_end` hook keeps a weights-only snapshot per
+epoch, `epoch_{e}.pth` (`epoch_0.pth` = the initialisation), for the notebooks' "training
+checkpoint" selectors. A run is reused when its `zoo.json` records
 the same configuration and the same model / training code (a hash of the sources); otherwise
 it is trained again.
 """
@@ -56,14 +56,15 @@ ZOO_VERSION = 1
 SCHEDULES = {
     "fast": ["train.epochs=2", "train.max_steps_per_epoch=1", "train.batch_size=4", "train.lr_drop=100",
              "data.max_images=8", "train.log_every=1", "data.num_workers=0"],
-    "full": ["train.epochs=4", "train.max_steps_per_epoch=60", "train.batch_size=4", "train.lr_drop=3",
-             "data.max_images=0", "train.log_every=2", "data.num_workers=0"],
+    # the demo's recipe (report.run_demo via `msdetr demo`): the tiny preset at 4 epochs, lr drop after 3
+    "full": ["train.epochs=4", "train.max_steps_per_epoch=0", "train.batch_size=4", "train.lr_drop=3",
+             "train.seed=42", "data.max_images=0", "train.log_every=10", "data.num_workers=0"],
 }
 # the sources whose changes make cached weights stale
 _CODE = ("config.py", "engine.py", "losses.py", "matching.py", "ops.py", "models", "data")
 
-__all__ = ["fast_mode", "default_threads", "mode_name", "zoo_root", "ensure_data", "zoo_config", "run_dir", "get_checkpoint",
-           "list_checkpoints", "load_model", "history", "evaluation", "run_info", "efficiency_rows",
+__all__ = ["fast_mode", "default_threads", "mode_name", "thumbnail_dir", "build", "render", "zoo_root", "ensure_data", "zoo_config", "run_dir", "get_checkpoint",
+           "list_checkpoints", "load_model", "history", "evaluation", "nms_evaluation", "run_info", "efficiency_rows",
            "SCHEDULES"]
 
 
@@ -82,6 +83,16 @@ def default_threads() -> int:
     if env:
         return max(1, int(env))
     return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+THUMBNAIL_ENV = "MSDETR_THUMBNAIL_DIR"
+
+
+def thumbnail_dir() -> Path:
+    """Where the notebooks write their README thumbnails (with MSDETR_THUMBNAILS=1):
+    $MSDETR_THUMBNAIL_DIR or <repository>/docs/images."""
+    env = os.environ.get(THUMBNAIL_ENV)
+    return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "docs" / "images"
 
 
 def mode_name(fast: Optional[bool] = None) -> str:
@@ -192,7 +203,8 @@ def get_checkpoint(supervision: str = "ms", fast: Optional[bool] = None, epoch: 
         if retrain or not _is_current(out, cfg):
             _train_subprocess(supervision, mode_name(fast), overrides, quiet)
             if not _is_current(out, cfg):
-                raise RuntimeError(f"training {supervision} finished but {out} holds no complete run")
+                raise RuntimeError(f"training {supervision} finished but {out} holds no complete run "
+                                   f"(or the model / training sources changed while it trained: run it again)")
         elif not quiet:
             print(f"using the cached {supervision} run in {out}", flush=True)
     if epoch is None:
@@ -232,6 +244,39 @@ def evaluation(supervision: str = "ms", fast: Optional[bool] = None, overrides: 
     if run.eval is None:
         raise FileNotFoundError(f"{run.dir} has no eval.json: its training did not finish")
     return run.eval
+
+
+NMS_EVAL_FILE = "eval-nms.json"
+
+
+def nms_evaluation(supervision: str = "ms", fast: Optional[bool] = None, nms_iou: float = 0.7,
+                   overrides: Sequence[str] = ()) -> dict:
+    """The run's final weights evaluated NMS-free *and* with class-wise NMS at `nms_iou`
+    (`evaluation.evaluate(..., nms_iou=...)`: "final", "layers", "nms", "duplicates").
+
+    Computed once (the whole val split, about 10 s per model on a CPU core) and cached in the
+    run folder as eval-nms.json, tied to the run's zoo.json (a retrained run recomputes it)."""
+    from torch.utils.data import DataLoader
+
+    from .data import build_dataset, collate
+    from .evaluation import evaluate
+
+    get_checkpoint(supervision, fast, overrides=overrides, quiet=True)
+    out = run_dir(supervision, fast, overrides)
+    stamp = (out / ZOO_FILE).read_text()
+    cache = out / NMS_EVAL_FILE
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("zoo") == stamp and cached.get("nms_iou") == nms_iou:
+            return cached["eval"]
+    model, cfg = load_model(supervision, fast, overrides=overrides, quiet=True)
+    val = build_dataset(cfg.data, "val")
+    loader = DataLoader(val, batch_size=8, collate_fn=collate, num_workers=0)
+    result = evaluate(model, loader, "cpu", progress=False, nms_iou=nms_iou)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"zoo": stamp, "nms_iou": nms_iou, "eval": result}) + "\n")
+    tmp.replace(cache)                        # atomic: a reader never sees half a file
+    return result
 
 
 def efficiency_rows(schemes: Sequence[str], fast: Optional[bool] = None, overrides: Sequence[str] = ()) -> list[dict]:
@@ -287,7 +332,7 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
     """Train a zoo run in this process, epoch by epoch with a snapshot after each; returns its folder."""
     import torch
 
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import save_checkpoint
     from .data import build_dataset
     from .engine import seed_everything, train
     from .models import build_model
@@ -301,6 +346,7 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
         shutil.rmtree(out)
     out.mkdir(parents=True)
     cfg.train.output_dir = str(out)
+    code = _code_hash()                       # the code this run trains with (read before it may change)
     t0 = time.perf_counter()
 
     # epoch 0: the initialisation the engine starts from (same seed, same construction order)
@@ -310,22 +356,96 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
     save_checkpoint(out / "epoch_0.pth", {"model": build_model(init_cfg.model).state_dict(),
                                           "config": init_cfg.to_dict(), "epoch": 0})
     snapshots = {"0": "epoch_0.pth"}
-    epochs = cfg.train.epochs
-    for e in range(1, epochs + 1):
-        stage = Config.from_dict(cfg.to_dict())
-        stage.train.epochs = e
-        train(stage, resume=e > 1, progress=False)
-        ckpt = load_checkpoint(out / "checkpoint.pth")
-        save_checkpoint(out / f"epoch_{e}.pth", {"model": ckpt["model"], "config": ckpt["config"], "epoch": e})
-        snapshots[str(e)] = f"epoch_{e}.pth"
-        del ckpt
+
+    def snapshot(epoch: int, summary: dict) -> None:
+        # weights only (no optimizer state): what the notebooks' checkpoint selectors load
+        save_checkpoint(out / f"epoch_{epoch}.pth", {"model": summary["model"].state_dict(),
+                                                     "config": init_cfg.to_dict(), "epoch": epoch})
+        snapshots[str(epoch)] = f"epoch_{epoch}.pth"
+
+    train(cfg, progress=False, on_epoch_end=snapshot)
     wall = time.perf_counter() - t0
     (out / ZOO_FILE).write_text(json.dumps({
         "version": ZOO_VERSION, "supervision": supervision, "mode": mode, "overrides": list(overrides),
-        "request": request, "code": _code_hash(), "snapshots": snapshots, "wall_time": wall,
+        "request": request, "code": code, "snapshots": snapshots, "wall_time": wall,
         "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
     print(f"zoo: {supervision} ({mode}) trained in {wall:.0f} s -> {out}", flush=True)
     return out
+
+
+BUILD_SCHEMES = ("ms", "o2o", "hybrid", "group")      # what notebooks 00-04 load
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+
+
+def render(fast: Optional[bool] = None, html_dir: Union[str, Path, None] = None,
+           image_dir: Union[str, Path, None] = None, names: Sequence[str] = (), timeout: int = 1800) -> dict:
+    """Execute every notebook (or `names`) top to bottom in a fresh python3 kernel, in full mode
+    unless `fast`, and write what a reader sees without running anything: an HTML export per
+    notebook (`html_dir`/NN_name.html, outputs and widget state included) and the README
+    thumbnails (`image_dir`/NN_name.png, 1000 px wide, each notebook's main figure).
+
+    Defaults: docs/notebooks and docs/images in full mode; in fast mode (meaningless 2-step
+    models) runs/notebooks/fast/render/, so the committed pictures are never replaced by them.
+    Returns {"mode", "seconds": {notebook: s}, "total_s", "html": [...], "images": [...]} and
+    writes it as render.json next to the HTML."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    fast = fast_mode(fast)
+    default_root = zoo_root() / "fast" / "render" if fast else None
+    html_dir = Path(html_dir) if html_dir else (default_root / "html" if fast else PROJECT_ROOT / "docs" / "notebooks")
+    image_dir = Path(image_dir) if image_dir else (default_root / "images" if fast else PROJECT_ROOT / "docs" / "images")
+    html_dir.mkdir(parents=True, exist_ok=True)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if names:
+        paths = [p for p in paths if p.stem in names or p.name in names]
+        missing = set(names) - {p.stem for p in paths} - {p.name for p in paths}
+        if missing:
+            raise ValueError(f"no such notebook(s): {sorted(missing)}")
+    # the kernel inherits this environment: the mode, and where the thumbnails go
+    saved = {k: os.environ.get(k) for k in (FAST_ENV, "MSDETR_THUMBNAILS", THUMBNAIL_ENV)}
+    os.environ.update({FAST_ENV: "1" if fast else "0", "MSDETR_THUMBNAILS": "1", THUMBNAIL_ENV: str(image_dir)})
+    result = {"mode": mode_name(fast), "seconds": {}, "html": [], "images": []}
+    try:
+        for path in paths:
+            nb = nbformat.read(path, as_version=4)
+            t0 = time.perf_counter()
+            print(f"render: executing {path.name} ({result['mode']} mode) ...", flush=True)
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                           resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+            result["seconds"][path.stem] = round(time.perf_counter() - t0, 1)
+            body, _ = HTMLExporter().from_notebook_node(nb)
+            out = html_dir / f"{path.stem}.html"
+            out.write_text(body, encoding="utf-8")
+            result["html"].append(str(out))
+            thumb = image_dir / f"{path.stem}.png"
+            if thumb.is_file():
+                result["images"].append(str(thumb))
+            print(f"render: {path.name} in {result['seconds'][path.stem]:.0f} s -> {out}", flush=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    result["total_s"] = round(sum(result["seconds"].values()), 1)
+    (html_dir / "render.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def build(schemes: Sequence[str] = BUILD_SCHEMES, fast: Optional[bool] = None, nms_iou: float = 0.7) -> list[Path]:
+    """Train (or reuse) every scheme the notebooks load, then their NMS-aware evaluations, so
+    that running the notebooks only reads results. Returns the run folders."""
+    dirs = []
+    for s in schemes:
+        t0 = time.perf_counter()
+        get_checkpoint(s, fast)
+        nms_evaluation(s, fast, nms_iou)
+        dirs.append(run_dir(s, fast))
+        print(f"zoo build: {s} ({mode_name(fast)}) ready in {time.perf_counter() - t0:.0f} s -> {dirs[-1]}", flush=True)
+    return dirs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -336,10 +456,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t.add_argument("supervision", choices=SUPERVISIONS)
     t.add_argument("--mode", choices=("fast", "full"), default="fast")
     t.add_argument("--override", action="append", default=[], help="section.field=value (repeatable)")
+    b = sub.add_parser("build", help="train every scheme the notebooks use, once (reuses current runs)")
+    b.add_argument("--mode", choices=("fast", "full"), default="full")
+    b.add_argument("--schemes", nargs="+", choices=SUPERVISIONS, default=list(BUILD_SCHEMES))
+    r = sub.add_parser("render", help="execute the notebooks, write HTML exports and README thumbnails")
+    r.add_argument("--mode", choices=("fast", "full"), default="full")
+    r.add_argument("--html-dir", default=None, help="default: docs/notebooks (full), runs/notebooks/fast/render (fast)")
+    r.add_argument("--image-dir", default=None, help="default: docs/images (full), runs/notebooks/fast/render (fast)")
+    r.add_argument("notebooks", nargs="*", help="names like 00_tour (default: all)")
     sub.add_parser("list", help="list cached runs")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_run(args.supervision, args.mode, args.override)
+    elif args.command == "build":
+        build(args.schemes, fast=args.mode == "fast")
+    elif args.command == "render":
+        res = render(fast=args.mode == "fast", html_dir=args.html_dir, image_dir=args.image_dir, names=args.notebooks)
+        print(f"render: {len(res['html'])} notebooks in {res['total_s'] / 60:.1f} min ({res['mode']} mode): "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in res["seconds"].items()))
     else:
         for info_path in sorted(zoo_root().glob(f"*/*/{ZOO_FILE}")):
             info = json.loads(info_path.read_text())

@@ -317,10 +317,34 @@ def test_zoo_trains_once_and_caches(tmp_path, monkeypatch):
     assert "final" in zoo.evaluation("ms", fast=True, overrides=overrides)
     row = zoo.efficiency_rows(["ms"], fast=True, overrides=overrides)[0]
     assert row["scheme"] == "ms" and row["peak memory (MiB)"] > 0 and row["s / step (median)"] > 0
+    # the per-epoch snapshots come from the engine's on_epoch_end hook: epoch 2's is the final weights
+    final = torch.load(run / "final.pth", weights_only=True)["model"]
+    snap = torch.load(run / "epoch_2.pth", weights_only=True)["model"]
+    assert all(torch.equal(final[k], snap[k]) for k in final)
+    assert not all(torch.equal(final[k], v) for k, v in torch.load(run / "epoch_1.pth", weights_only=True)["model"].items())
+    # NMS-aware evaluation: computed once, cached next to the run
+    ev = zoo.nms_evaluation("ms", fast=True, nms_iou=0.7, overrides=overrides)
+    assert ev["nms"]["iou"] == 0.7 and len(ev["nms"]["layers"]) == len(ev["layers"]) and "duplicates" in ev
+    cache = run / zoo.NMS_EVAL_FILE
+    mtime = cache.stat().st_mtime_ns
+    assert zoo.nms_evaluation("ms", fast=True, nms_iou=0.7, overrides=overrides) == ev
+    assert cache.stat().st_mtime_ns == mtime
     # a different configuration is a different run
     assert zoo.run_dir("ms", fast=True, overrides=overrides + ["train.lr=1e-4"]) != run
     with pytest.raises(ValueError):
         zoo.zoo_config("nope", fast=True)
+
+
+def test_zoo_full_schedule_is_the_demo_recipe_and_thumbnails_dir(monkeypatch, tmp_path):
+    cfg = zoo.zoo_config("ms", fast=False)
+    assert (cfg.train.epochs, cfg.train.lr_drop, cfg.train.batch_size, cfg.train.seed) == (4, 3, 4, 42)
+    assert cfg.train.max_steps_per_epoch == 0 and cfg.data.max_images == 0       # the whole train split
+    monkeypatch.delenv(zoo.THUMBNAIL_ENV, raising=False)
+    assert zoo.thumbnail_dir() == zoo.PROJECT_ROOT / "docs" / "images"
+    monkeypatch.setenv(zoo.THUMBNAIL_ENV, str(tmp_path))
+    assert zoo.thumbnail_dir() == tmp_path
+    with pytest.raises(ValueError, match="no such notebook"):
+        zoo.render(fast=True, html_dir=tmp_path, image_dir=tmp_path, names=["99_nope"])
 
 
 def test_zoo_lock_is_exclusive(tmp_path):
