@@ -34,7 +34,9 @@ def run_one(scheme: str, seed: int, args) -> dict:
             opts.append(f"train.epochs={args.epochs}")
         cfg = apply_overrides(preset(args.preset), opts)
         print(f"== {scheme}, seed {seed}: {cfg.train.epochs} epochs -> {run_dir}", file=sys.stderr, flush=True)
-        train(cfg, progress=not args.no_progress)
+        # --fresh replaces a run; an interrupted one (a checkpoint, no eval.json) continues
+        interrupted = (run_dir / "checkpoint.pth").is_file() and not args.fresh
+        train(cfg, progress=not args.no_progress, overwrite=args.fresh or not interrupted, resume=interrupted)
     run = load_run(run_dir)
     evals = run.epoch_evals()
     return {"scheme": scheme, "seed": seed, "dir": str(run_dir),

@@ -6,8 +6,9 @@
     python bench/regime.py --jobs 4 train.device=cuda        # on a GPU: several runs at once
 
 Each (cell, scheme, seed) is one `msdetr train --preset tiny` run (a subprocess, the demo's
-recipe plus the cell's overrides) under --runs/CELL/SCHEME_sSEED, then one evaluation of its
-final.pth with and without class-wise NMS (eval_nms.json). Finished runs are kept and skipped,
+recipe plus the cell's overrides) under --runs/CELL/SCHEME_sSEED; its eval.json holds the AP
+with and without class-wise NMS (train.eval_nms_iou; runs trained without it are evaluated
+again into eval_nms.json). Finished runs are kept and skipped,
 an interrupted one continues with --resume: stop at any time and run the same command again.
 Schemes a cell does not change reuse the `demo` cell's runs (e.g. o2m loss weights and o2o).
 
@@ -35,8 +36,8 @@ from msdetr_lite import regime  # noqa: E402
 
 def evaluate_run(run: Path, device: str) -> None:
     """eval_nms.json of a finished run: evaluate(nms_iou=NMS_IOU) of its final.pth on the val set."""
-    from msdetr_lite.data import build_dataset
-    from msdetr_lite.engine import build_val_loader, load_model_from_checkpoint
+    from msdetr_lite.checkpoint import load_model_from_checkpoint
+    from msdetr_lite.data import build_dataset, build_val_loader
     from msdetr_lite.evaluation import evaluate
 
     model, cfg = load_model_from_checkpoint(run / "final.pth", device=device)
@@ -64,10 +65,11 @@ def run_one(cell: str, scheme: str, seed: int, args) -> str:
         with open(run.parent / f"{run.name}.log", "a") as log:
             if subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
                 return f"{run}: training FAILED (see {run.parent / (run.name + '.log')})"
-    code = subprocess.run([sys.executable, __file__, "--evaluate-run", str(run), "--device", args.device],
-                          cwd=REPO).returncode
-    if code != 0:
-        return f"{run}: NMS evaluation FAILED"
+    if regime.run_record(run) is None:        # trained without train.eval_nms_iou: evaluate again
+        code = subprocess.run([sys.executable, __file__, "--evaluate-run", str(run), "--device", args.device],
+                              cwd=REPO).returncode
+        if code != 0:
+            return f"{run}: NMS evaluation FAILED"
     return f"{run}: trained and evaluated in {time.perf_counter() - t0:.0f} s"
 
 

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 BASE_OVERRIDES = ("train.epochs=4", "train.lr_drop=3")
 SCHEMES = ("o2o", "ms", "hybrid")
 NMS_IOU = 0.7
-NMS_FILE = "eval_nms.json"            # evaluate(nms_iou=NMS_IOU) of the run's final.pth
+NMS_FILE = "eval_nms.json"            # evaluate(nms_iou=NMS_IOU) of final.pth, for runs trained without it
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,27 @@ def train_overrides(cells: Mapping[str, Cell], cell: str, scheme: str, seed: int
             f"model.supervision={scheme}", f"train.seed={seed}", f"train.output_dir={out_dir}"]
 
 
+def _nms_evaluation(path: Path) -> Optional[dict]:
+    """The run's evaluation with NMS at NMS_IOU: its eval.json when training scored NMS there
+    (train.eval_nms_iou), else the NMS_FILE that bench/regime.py writes afterwards."""
+    train_eval = json.loads((path / "eval.json").read_text())
+    if train_eval.get("nms", {}).get("iou") == NMS_IOU:
+        return train_eval
+    if (path / NMS_FILE).is_file():
+        return json.loads((path / NMS_FILE).read_text())
+    return None
+
+
 def run_record(path: str | Path) -> Optional[dict]:
-    """The numbers of one finished run folder (None while its NMS evaluation is missing):
-    AP, AP50 and AP with NMS of the final layer, per-layer APs, duplicates per image at the final
-    layer, mean seconds per epoch (from eval.json, written when the training finished)."""
+    """The numbers of one finished run folder (None until it has finished and has an evaluation
+    with NMS): AP, AP50 and AP with NMS of the final layer, per-layer APs, duplicates per image at
+    the final layer, mean seconds per epoch."""
     path = Path(path)
-    if not (path / NMS_FILE).is_file() or not (path / "eval.json").is_file():
+    if not (path / "eval.json").is_file():
         return None
-    ev = json.loads((path / NMS_FILE).read_text())
+    ev = _nms_evaluation(path)
+    if ev is None:
+        return None
     train_eval = json.loads((path / "eval.json").read_text())
     return {"AP": ev["final"]["AP"], "AP50": ev["final"]["AP50"],
             "AP_nms": ev["nms"]["final"]["AP"], "AP50_nms": ev["nms"]["final"]["AP50"],

@@ -82,3 +82,23 @@ def test_overhead_bench_two_schemes(tmp_path):
     # the per-image criterion reads back per image and layer: more than the batched one
     assert reference["criterion"] == "reference"
     assert reference["criterion_readbacks"] > result[1]["criterion_readbacks"]
+
+
+def test_convergence_bench_runs_and_reuses_finished_runs(tmp_path):
+    from msdetr_lite.data.synthetic import generate
+    data = tmp_path / "shapes"
+    generate(data, n_train=4, n_val=2, image_size=64, seed=3)
+    micro = ["data.train_scales=(64,)", "data.val_size=64", "data.max_size=96", "data.num_workers=0",
+             "model.num_encoder_layers=1", "model.num_decoder_layers=2", "model.d_model=32", "model.nheads=4",
+             "model.n_points=2", "model.dim_feedforward=64", "model.num_queries=20", "model.deform_backend=torch",
+             "train.batch_size=2", "train.max_steps_per_epoch=1", "train.device=cpu"]
+    args = ["--epochs", "2", "--seeds", "0", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "c.json"),
+            "--no-progress", f"data.root={data}", *micro]
+    text = _run("convergence.py", *args)
+    table = json.loads((tmp_path / "c.json").read_text())["schemes"]
+    assert [t["scheme"] for t in table] == ["o2o", "ms"] and all(t["epochs"] == 2 for t in table)
+    assert all(0.0 <= ap <= 1.0 for t in table for ap in t["AP_per_epoch"])
+    assert "final AP x100 per decoder layer" in text
+    before = (tmp_path / "runs" / "ms_s0" / "final.pth").stat().st_mtime_ns
+    _run("convergence.py", *args)                                    # finished runs are reused
+    assert (tmp_path / "runs" / "ms_s0" / "final.pth").stat().st_mtime_ns == before
