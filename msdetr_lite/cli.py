@@ -263,8 +263,8 @@ def _usage_problems(error: BaseException) -> Optional[list[str]]:
         return error.problems
     if isinstance(error, (FileNotFoundError, PermissionError, CheckpointError)):
         return [str(error)]
-    engine = sys.modules.get("msdetr_lite.engine")      # only a command that trains can raise these
-    if engine is not None and isinstance(error, engine.RunDirError):
+    rundir = sys.modules.get("msdetr_lite.rundir")      # only a command that trains can raise these
+    if rundir is not None and isinstance(error, rundir.RunDirError):
         return [str(error)]
     return None
 

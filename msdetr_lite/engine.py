@@ -11,11 +11,11 @@ Multi-GPU / multi-node: launch the same command with torchrun, e.g.
     torchrun --nproc_per_node 8 -m msdetr_lite train --preset r50
 `train.batch_size` is the total batch over all processes. Only rank 0 writes files or prints.
 
-Run directory. A directory that holds a run (checkpoint.pth, final.pth or metrics.jsonl) is only
-continued (`resume=True`, `--resume`) or replaced (`overwrite=True`, `--overwrite`), never silently
-overwritten. While a run trains, rank 0 holds the lock `.train.lock` in it (released on any exit;
-the operating system drops it if the process dies), so a second training into the same directory
-stops at once. Temporaries of a checkpoint write that was killed are removed at the next start.
+The pieces it uses live by idea: `distributed.py` (process group, rank averages, synchronised
+BatchNorm), `optim.py` (parameter groups, AdamW, lr schedule, clipping), `rundir.py` (claiming
+the run directory, resumability, metrics.jsonl), `checkpoint.py` (atomic saves, weights-only
+loads) and `data/loaders.py`. A directory that holds a run is only continued (`resume=True`,
+`--resume`) or replaced (`overwrite=True`, `--overwrite`), never silently overwritten.
 
 Reproducibility and resume. Every epoch starts from seeds derived from (seed, epoch, rank):
 the sampler's shuffle (seed + epoch, shared by the ranks), torch / numpy / random, the
@@ -38,10 +38,8 @@ weights.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
-import os
 import random
 import resource
 import time
@@ -52,27 +50,24 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from filelock import FileLock, Timeout
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from msdetr_lite.checkpoint import (build_model_from_config, load_checkpoint, load_model_from_checkpoint,
-                                    load_weights, remove_orphan_tmp, resolve_device, save_checkpoint)
+                                    load_weights, resolve_device, save_checkpoint)
 from msdetr_lite.config import Config, ConfigError
 from msdetr_lite.data.loaders import build_train_loader, build_val_loader
+from msdetr_lite.distributed import DistInfo, init_distributed, maybe_sync_batchnorm, mean_over_ranks, unwrap
+from msdetr_lite.optim import apply_schedule, build_optimizer, clip_gradients, current_lrs
+from msdetr_lite.rundir import (CHECKPOINT, EVAL, FINAL, METRICS, RunDirError, append_jsonl, check_resumable,
+                                claim_run_dir, config_changes, keep_metrics_before, raise_together)
 
-# moved to checkpoint.py / data/loaders.py; importable from here as before
+# Moved out of this module (checkpoint.py, data/loaders.py, optim.py, rundir.py); still importable
+# from here for zoo.py, report.py, widgets.py, the notebooks and bench/overhead.py.
 __all__ = ["train", "train_one_epoch", "setup", "NonFiniteLossError", "RunDirError", "build_optimizer",
            "apply_schedule", "resolve_device", "seed_everything", "build_model_from_config",
            "load_model_from_checkpoint", "build_val_loader"]
-
-CHECKPOINT = "checkpoint.pth"        # last completed epoch: everything needed to resume
-FINAL = "final.pth"                  # trained weights + config (what `msdetr eval` reads)
-METRICS = "metrics.jsonl"            # one JSON record per logged step and per epoch (+ "resume")
-EVAL = "eval.json"                   # final AP per decoder layer
-LOCK = ".train.lock"                 # held by the training process while it runs
-RUN_FILES = (CHECKPOINT, FINAL, METRICS)   # any of these: the directory holds a run
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,48 +84,7 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite values at epoch {epoch}, step {step}: {names}; {where}")
 
 
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked: it holds a run (neither resume nor overwrite),
-    another process trains into it, or its checkpoint cannot be resumed with this config."""
-
-
 # ---------------------------------------------------------------- processes and seeds
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    created: bool = False            # we called init_process_group, so we destroy it
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
-
-    nccl on CUDA (one GPU per process: cuda:LOCAL_RANK), gloo on CPU. Without torchrun (no
-    WORLD_SIZE or WORLD_SIZE=1) this is a no-op. An already initialised group is reused.
-    """
-    if dist.is_available() and dist.is_initialized():
-        info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    else:
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        if world <= 1:
-            return DistInfo(), device
-        info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)), created=True)
-        if device.type == "cuda":
-            torch.cuda.set_device(info.local_rank)
-        # 30 min: room for rank 0 writing a large checkpoint while the others move on
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=30))
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    return info, device
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy and python's `random`."""
     torch.manual_seed(seed)
@@ -141,165 +95,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """A well-mixed 32-bit seed for (run seed, epoch, rank)."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def _mean_over_ranks(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """x averaged over the processes (a collective: every rank must call it); x itself unchanged."""
-    if not info.enabled:
-        return x
-    x = x.clone()
-    dist.all_reduce(x)
-    return x / info.world_size
-
-
-def _raise_together(info: DistInfo, error: Optional[Exception]) -> None:
-    """Rank 0 alone touches the run directory; if it failed, every rank raises (instead of the
-    others waiting for it at the next collective until the 30-minute timeout)."""
-    if info.enabled:
-        message = [str(error) if error else None]
-        dist.broadcast_object_list(message, src=0)
-        if error is None and message[0] is not None:
-            raise RunDirError(message[0])
-    if error is not None:
-        raise error
-
-
-# ---------------------------------------------------------------- optimizer and schedule
-def param_group_name(name: str) -> str:
-    """Which learning-rate group a parameter belongs to (the paper's three groups)."""
-    if name.startswith("backbone."):
-        return "backbone"
-    if "sampling_offsets" in name or "reference_points" in name:
-        return "linear_proj"
-    return "default"
-
-
-def group_lrs(train_cfg) -> dict[str, float]:
-    """Base learning rate of each parameter group: default lr; backbone lr_backbone; sampling
-    offsets and reference points lr * lr_linear_proj_mult."""
-    return {"default": train_cfg.lr, "backbone": train_cfg.lr_backbone,
-            "linear_proj": train_cfg.lr * train_cfg.lr_linear_proj_mult}
-
-
-def build_optimizer(model: torch.nn.Module, train_cfg) -> torch.optim.AdamW:
-    """AdamW with the paper's parameter groups (`group_lrs`). Frozen parameters
-    (requires_grad=False) are left out. Each group carries a `name`."""
-    lrs = group_lrs(train_cfg)
-    groups: dict[str, list] = {k: [] for k in lrs}
-    for name, p in unwrap(model).named_parameters():
-        if p.requires_grad:
-            groups[param_group_name(name)].append(p)
-    param_groups = [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
-    # fused: one kernel over all parameters instead of ~10 ops per tensor; measured on 2 CPU
-    # cores with the tiny preset 6.7 ms per step vs 29 ms (the default) - about 8% of a step.
-    return torch.optim.AdamW(param_groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)
-
-
-def lr_factor(train_cfg, epoch: int) -> float:
-    """The step schedule: x1, then x0.1 from (0-based) epoch `lr_drop` on."""
-    return 0.1 if epoch >= train_cfg.lr_drop else 1.0
-
-
-def apply_schedule(optimizer: torch.optim.Optimizer, train_cfg, epoch: int) -> dict[str, float]:
-    """Set every group's lr (group_lrs x lr_factor) and weight decay for `epoch` from the config.
-    A function of (config, epoch) only, so a resumed run follows the config it resumes with.
-    Returns the lr per group name."""
-    base, factor = group_lrs(train_cfg), lr_factor(train_cfg, epoch)
-    for g in optimizer.param_groups:
-        g["lr"] = base[g["name"]] * factor
-        g["weight_decay"] = train_cfg.weight_decay
-    return current_lrs(optimizer)
-
-
-def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    return {g["name"]: g["lr"] for g in optimizer.param_groups}
-
-
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Clip the total gradient norm to `max_norm` (0 = no clipping); returns the norm (a device
-    tensor). Raises RuntimeError if the norm is NaN/inf: a non-finite loss gives non-finite
-    gradients, and this stops them before optimizer.step() writes them into the weights."""
-    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"),
-                                          error_if_nonfinite=True)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over the ranks; the backward also sums the incoming gradients over the ranks (every
-    rank's loss depends on the summed value)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class CpuSyncBatchNorm2d(torch.nn.BatchNorm2d):
-    """BatchNorm2d whose training-mode statistics cover the batch of every process, for CPU
-    (gloo) runs: torch's SyncBatchNorm runs on GPUs only. Same maths as BatchNorm2d on the
-    concatenated batch: mean and biased variance per channel for normalising, the unbiased
-    variance for the running estimate. The sums go through _AllReduceSum, so each rank's input
-    also gets the gradient of the global statistics."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:           # x [N, C, H, W]
-        if not (self.training and dist.is_available() and dist.is_initialized()):
-            return super().forward(x)
-        all_reduce = _AllReduceSum.apply
-        dims, per_channel = (0, 2, 3), (1, -1, 1, 1)
-        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype)
-        dist.all_reduce(count)                                     # elements per channel, all ranks
-        mean = all_reduce(x.sum(dims)) / count
-        centered = x - mean.view(per_channel)
-        var = all_reduce((centered * centered).sum(dims)) / count  # two passes: no cancellation
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(m * mean)
-                self.running_var.mul_(1 - m).add_(m * var * count / max(float(count) - 1, 1.0))
-        y = centered * torch.rsqrt(var + self.eps).view(per_channel)
-        return y * self.weight.view(per_channel) + self.bias.view(per_channel) if self.affine else y
-
-
-def _cpu_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """Replace every BatchNorm2d below `module` by a CpuSyncBatchNorm2d that shares its
-    parameters and buffers (the same tensors: an optimizer built before still updates them)."""
-    for name, child in module.named_children():
-        if type(child) is torch.nn.BatchNorm2d:
-            sync = CpuSyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                      child.track_running_stats)
-            for key, param in child.named_parameters(recurse=False):
-                setattr(sync, key, param)
-            for key, buffer in child.named_buffers(recurse=False):
-                setattr(sync, key, buffer)
-            setattr(module, name, sync.train(child.training))
-        else:
-            _cpu_sync_batchnorm(child)
-    return module
-
-
-def maybe_sync_batchnorm(model: torch.nn.Module, train_cfg, info: DistInfo,
-                         device: torch.device) -> torch.nn.Module:
-    """With train.sync_bn under DDP (more than one process), BatchNorm layers (backbone_norm=bn)
-    use the batch statistics of all processes: torch's SyncBatchNorm on CUDA, CpuSyncBatchNorm2d
-    on CPU. Otherwise the model unchanged: one process, or frozen_bn (nothing is estimated)."""
-    if not (train_cfg.sync_bn and info.enabled):
-        return model
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return model
-    if device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _cpu_sync_batchnorm(model)
 
 
 # ---------------------------------------------------------------- small pieces
@@ -339,85 +134,6 @@ def _non_finite(named: dict[str, float]) -> dict[str, float]:
 
 def _all_finite(params) -> bool:
     return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=float) + "\n")
-
-
-def _keep_metrics_before(path: Path, completed_epochs: int) -> None:
-    """On resume: drop records of epochs that did not complete (they are re-run)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", 0) <= completed_epochs]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _plain(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
-
-
-def _check_resumable(saved: dict, cfg: Config, ckpt_path: Path, completed: int) -> None:
-    mismatched = [k for k, v in cfg.to_dict()["model"].items()
-                  if k in saved["model"] and _plain(saved["model"][k]) != _plain(v)]
-    if mismatched:
-        raise RunDirError(f"cannot resume {ckpt_path}: the checkpoint's model config differs in "
-                          + ", ".join(f"model.{k} (checkpoint {saved['model'][k]!r}, now "
-                                      f"{getattr(cfg.model, k)!r})" for k in mismatched)
-                          + "; use the checkpoint's values or --overwrite to start again")
-    if completed > cfg.train.epochs:
-        raise RunDirError(f"cannot resume {ckpt_path}: it has completed {completed} epochs, more than "
-                          f"train.epochs={cfg.train.epochs}; pass train.epochs={completed} or more "
-                          f"(or --overwrite to start again)")
-
-
-def config_changes(saved: dict, cfg: Config) -> dict[str, list]:
-    """Non-model fields whose value differs from a checkpoint's config: {"train.lr": [old, new]}.
-    Not listed: train.output_dir (where the run lives, e.g. a copied run directory) and fields the
-    checkpoint does not have (added later)."""
-    changes = {}
-    for section, values in cfg.to_dict().items():
-        if section == "model":
-            continue
-        for k, v in values.items():
-            old = saved.get(section, {}).get(k, v)
-            if _plain(old) != _plain(v) and f"{section}.{k}" != "train.output_dir":
-                changes[f"{section}.{k}"] = [old, v]
-    return changes
-
-
-# ---------------------------------------------------------------- the run directory
-def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> FileLock:
-    """Create `out`, take its lock and check that this run may write there; returns the held
-    lock (release it when the run ends). Removes orphaned checkpoint temporaries; with
-    `overwrite`, the previous run's files."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create train.output_dir {out}: {e.strerror or e}") from e
-    lock = FileLock(out / LOCK, blocking=False)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise RunDirError(f"another training process is writing to {out} (it holds {out / LOCK}); "
-                          f"wait for it to finish or choose another train.output_dir") from None
-    try:
-        existing = [name for name in RUN_FILES if (out / name).exists()]
-        if existing and not (resume or overwrite):
-            raise RunDirError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume "
-                              f"(train(..., resume=True)) or replace it with --overwrite "
-                              f"(train(..., overwrite=True))")
-        if overwrite:
-            for name in (CHECKPOINT, FINAL, METRICS, EVAL):
-                (out / name).unlink(missing_ok=True)
-        for orphan in remove_orphan_tmp(out):
-            tqdm.write(f"removed {orphan}: left by an interrupted checkpoint write")
-    except BaseException:
-        lock.release()
-        raise
-    return lock
 
 
 # ---------------------------------------------------------------- setup
@@ -514,7 +230,7 @@ def _resume(run: Run) -> None:
         run.say(f"--resume: no checkpoint at {path}, starting from scratch")
         return
     ckpt = load_checkpoint(path)
-    _check_resumable(ckpt["config"], run.cfg, path, ckpt["epoch"])
+    check_resumable(ckpt["config"], run.cfg, path, ckpt["epoch"])
     load_weights(run.model, ckpt["model"], path)
     # the optimizer state brings the checkpoint's lr / weight decay: apply_schedule resets them
     # from the current config at every epoch start
@@ -537,9 +253,9 @@ def _start_metrics(run: Run, resume: bool) -> None:
     if not resume:
         metrics.write_text("")
         return
-    _keep_metrics_before(metrics, run.epoch)
+    keep_metrics_before(metrics, run.epoch)
     if run.changes:
-        _append_jsonl(metrics, {"type": "resume", "epoch": run.epoch, "step": run.step,
+        append_jsonl(metrics, {"type": "resume", "epoch": run.epoch, "step": run.step,
                                 "changed": run.changes})
 
 
@@ -551,7 +267,7 @@ def _is_log_step(it: int, steps: int, log_every: int) -> bool:
 def _stop_non_finite(run: Run, epoch: int, names: list[str], values: torch.Tensor) -> NonFiniteLossError:
     """The error for a non-finite gradient norm at this step, naming the loss terms that are
     non-finite (averaged over ranks: every rank is here, as DDP made the gradients equal)."""
-    named = dict(zip(names, _mean_over_ranks(values, run.dist).tolist()))
+    named = dict(zip(names, mean_over_ranks(values, run.dist).tolist()))
     terms = _non_finite(named)
     if not terms:
         grads = [p.grad for p in run.params if p.grad is not None]
@@ -601,7 +317,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True) -> dict:
         if _is_log_step(it, run.steps_per_epoch, tc.log_every):
             # sync point: the only per-step read of values from the device (the stream runs
             # up to here, so the time since the last one is what those steps took)
-            reduced = torch.cat([_mean_over_ranks(values, run.dist), grad_norm.reshape(1).float()])
+            reduced = torch.cat([mean_over_ranks(values, run.dist), grad_norm.reshape(1).float()])
             *host, grad_norm_value = reduced.tolist()
             logged = dict(zip(names, host))
             now = time.perf_counter()
@@ -609,7 +325,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True) -> dict:
                 raise NonFiniteLossError(epoch + 1, run.step, _non_finite(logged), run.last_good)
             if run.is_main:
                 mem, mem_kind = peak_memory_mb(device)
-                _append_jsonl(metrics, {
+                append_jsonl(metrics, {
                     "type": "step", "epoch": epoch + 1, "iter": it, "step": run.step, "losses": logged,
                     "lr": current_lrs(optimizer), "grad_norm": grad_norm_value,
                     # means over the steps since the previous logged step
@@ -623,7 +339,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True) -> dict:
     if n_steps == 0:
         return {"losses": {}, "steps": 0, "epoch_time": time.perf_counter() - t_epoch}
     # the epoch's second read: the mean losses (float64 sums over the steps, averaged over ranks)
-    means = dict(zip(names, (_mean_over_ranks(sums, run.dist) / n_steps).tolist()))
+    means = dict(zip(names, (mean_over_ranks(sums, run.dist) / n_steps).tolist()))
     if _non_finite(means):
         raise NonFiniteLossError(epoch + 1, run.step, _non_finite(means), run.last_good)
     return {"losses": means, "steps": n_steps, "epoch_time": time.perf_counter() - t_epoch}
@@ -678,7 +394,7 @@ def _log_epoch(run: Run, result: dict, lrs: dict, eval_result: Optional[dict], e
     mem, mem_kind = peak_memory_mb(run.device)
     if not run.is_main:
         return
-    _append_jsonl(run.out / METRICS, {
+    append_jsonl(run.out / METRICS, {
         "type": "epoch", "epoch": run.epoch, "step": run.step, "steps": result["steps"],
         "losses": result["losses"], "lr": lrs, "epoch_time": result["epoch_time"], "eval_time": eval_time,
         "eval": eval_result, "peak_mem_mb": mem, "peak_mem_kind": mem_kind})
@@ -739,7 +455,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, find_unused_
                 lock = claim_run_dir(out, resume, overwrite)
             except RunDirError as e:
                 error = e
-        _raise_together(info, error)
+        raise_together(info, error)
 
         run = setup(cfg, info, device, resume, find_unused_parameters)
         if run.is_main:

@@ -10,8 +10,9 @@ import pytest
 import torch
 from filelock import FileLock
 
-from msdetr_lite import engine
-from msdetr_lite.checkpoint import CheckpointError, load_checkpoint, remove_orphan_tmp, save_checkpoint
+from msdetr_lite import distributed, engine, optim, rundir
+from msdetr_lite.checkpoint import (CheckpointError, load_checkpoint, load_model_from_checkpoint, remove_orphan_tmp,
+                                    save_checkpoint)
 from msdetr_lite.config import ConfigError, apply_overrides, preset
 
 
@@ -41,10 +42,10 @@ def _params(model):
 
 # ---------------------------------------------------------------- optimizer groups
 def test_param_group_names():
-    assert engine.param_group_name("backbone.body.layer1.0.conv1.weight") == "backbone"
-    assert engine.param_group_name("decoder.layers.0.cross_attn.sampling_offsets.weight") == "linear_proj"
-    assert engine.param_group_name("reference_points.weight") == "linear_proj"
-    assert engine.param_group_name("decoder.layers.0.cross_attn.value_proj.weight") == "default"
+    assert optim.param_group_name("backbone.body.layer1.0.conv1.weight") == "backbone"
+    assert optim.param_group_name("decoder.layers.0.cross_attn.sampling_offsets.weight") == "linear_proj"
+    assert optim.param_group_name("reference_points.weight") == "linear_proj"
+    assert optim.param_group_name("decoder.layers.0.cross_attn.value_proj.weight") == "default"
 
 
 def test_build_optimizer_groups(micro_cfg):
@@ -52,7 +53,7 @@ def test_build_optimizer_groups(micro_cfg):
     model = build_model(micro_cfg())
     tc = preset("tiny").train
     tc.lr, tc.lr_backbone, tc.lr_linear_proj_mult, tc.weight_decay = 1e-3, 1e-5, 0.1, 1e-4
-    opt = engine.build_optimizer(model, tc)
+    opt = optim.build_optimizer(model, tc)
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["default"]["lr"] == pytest.approx(1e-3)
     assert groups["backbone"]["lr"] == pytest.approx(1e-5)
@@ -62,22 +63,22 @@ def test_build_optimizer_groups(micro_cfg):
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert len(by_id) == len(trainable) == sum(len(g["params"]) for g in opt.param_groups)
     for n, p in trainable:
-        assert by_id[id(p)] == engine.param_group_name(n), n
+        assert by_id[id(p)] == optim.param_group_name(n), n
     assert any("sampling_offsets" in n for n, _ in trainable)
 
-    assert engine.apply_schedule(opt, tc, tc.lr_drop - 1)["default"] == pytest.approx(1e-3)
-    lrs = engine.apply_schedule(opt, tc, tc.lr_drop)
+    assert optim.apply_schedule(opt, tc, tc.lr_drop - 1)["default"] == pytest.approx(1e-3)
+    lrs = optim.apply_schedule(opt, tc, tc.lr_drop)
     assert lrs == pytest.approx({"default": 1e-4, "backbone": 1e-6, "linear_proj": 1e-5})
     # the schedule follows the config it is given (what a resume with a changed lr relies on)
     tc.lr, tc.weight_decay = 5e-4, 0.0
-    assert engine.apply_schedule(opt, tc, 0)["default"] == pytest.approx(5e-4)
+    assert optim.apply_schedule(opt, tc, 0)["default"] == pytest.approx(5e-4)
     assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
 
 
 def test_frozen_backbone_left_out(micro_cfg):
     from msdetr_lite.models import build_model
     model = build_model(micro_cfg(train_backbone=False))
-    opt = engine.build_optimizer(model, preset("tiny").train)
+    opt = optim.build_optimizer(model, preset("tiny").train)
     assert "backbone" not in {g["name"] for g in opt.param_groups}
 
 
@@ -85,7 +86,7 @@ def test_frozen_backbone_left_out(micro_cfg):
 def test_checkpoint_round_trip_weights_only(tmp_path, micro_cfg):
     from msdetr_lite.models import build_model
     model = build_model(micro_cfg())
-    opt = engine.build_optimizer(model, preset("tiny").train)
+    opt = optim.build_optimizer(model, preset("tiny").train)
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "step": 7,
              "config": preset("tiny").to_dict(), "best_ap": 0.5}
 
@@ -110,7 +111,7 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
     save_checkpoint(tmp_path / "weights.pth", {"w": torch.ones(2)})
     with pytest.raises(CheckpointError, match="has no model, config"):
-        engine.load_model_from_checkpoint(tmp_path / "weights.pth", device="cpu")
+        load_model_from_checkpoint(tmp_path / "weights.pth", device="cpu")
 
 
 def test_orphan_temporaries_are_removed(tmp_path):
@@ -193,14 +194,14 @@ def test_train_outputs_and_resume_equality(tmp_path, shapes_root):
     assert json.loads((run / "config.json").read_text())["model"]["num_classes"] == 4
     assert torch.load(run / "final.pth", weights_only=True)["epoch"] == 2
     assert "rng" not in load_checkpoint(run / "checkpoint.pth")
-    model, cfg = engine.load_model_from_checkpoint(run / "final.pth", device="cpu")
+    model, cfg = load_model_from_checkpoint(run / "final.pth", device="cpu")
     assert cfg.model.num_classes == 4 and not model.training
 
     # resume with fewer epochs than the checkpoint completed: refused, naming the field
-    with pytest.raises(engine.RunDirError, match="train.epochs=1"):
+    with pytest.raises(rundir.RunDirError, match="train.epochs=1"):
         engine.train(micro_train_config(shapes_root, run, "train.epochs=1"), resume=True, progress=False)
     # a model field that differs from the checkpoint: refused, naming it
-    with pytest.raises(engine.RunDirError, match="model.num_queries"):
+    with pytest.raises(rundir.RunDirError, match="model.num_queries"):
         engine.train(micro_train_config(shapes_root, run, "model.num_queries=10"), resume=True, progress=False)
 
     # resume with a changed schedule: applied from the next epoch and recorded
@@ -224,7 +225,7 @@ def test_existing_run_is_never_overwritten_silently(tmp_path, shapes_root, extra
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"type": "epoch", "epoch": 1}\n')
     (run / "final.pth").write_bytes(b"the old weights")
-    with pytest.raises(engine.RunDirError) as err:
+    with pytest.raises(rundir.RunDirError) as err:
         engine.train(micro_train_config(shapes_root, run, *extra), progress=False)
     message = str(err.value)
     assert str(run) in message and "--resume" in message and "--overwrite" in message
@@ -250,19 +251,19 @@ def test_overwrite_replaces_the_run_and_clears_orphans(tmp_path, shapes_root):
 def test_second_training_into_the_same_dir_stops(tmp_path, shapes_root):
     run = tmp_path / "run"
     run.mkdir()
-    held = FileLock(run / engine.LOCK, blocking=False)
+    held = FileLock(run / rundir.LOCK, blocking=False)
     with held:                                                         # "another process" trains there
-        with pytest.raises(engine.RunDirError, match="another training process is writing to") as err:
+        with pytest.raises(rundir.RunDirError, match="another training process is writing to") as err:
             engine.train(micro_train_config(shapes_root, run), progress=False)
         assert str(run) in str(err.value)
-    assert sorted(os.listdir(run)) == [engine.LOCK]                    # nothing written
+    assert sorted(os.listdir(run)) == [rundir.LOCK]                    # nothing written
 
 
 def test_sync_batchnorm_only_under_ddp(micro_cfg):
     from msdetr_lite.models import build_model
     tc = preset("tiny").train
     tc.sync_bn = True
-    two = engine.DistInfo(rank=0, world_size=2)
+    two = distributed.DistInfo(rank=0, world_size=2)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
 
     def count(m, cls):
@@ -271,21 +272,21 @@ def test_sync_batchnorm_only_under_ddp(micro_cfg):
     model = build_model(micro_cfg(backbone_norm="bn"))
     n_bn = count(model, torch.nn.BatchNorm2d)
     assert n_bn > 0
-    assert engine.maybe_sync_batchnorm(model, tc, engine.DistInfo(), cuda) is model   # one process
-    converted = engine.maybe_sync_batchnorm(model, tc, two, cuda)          # converting needs no GPU
+    assert distributed.maybe_sync_batchnorm(model, tc, distributed.DistInfo(), cuda) is model   # one process
+    converted = distributed.maybe_sync_batchnorm(model, tc, two, cuda)          # converting needs no GPU
     assert count(converted, torch.nn.SyncBatchNorm) == n_bn
     model = build_model(micro_cfg(backbone_norm="bn"))
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    on_cpu = engine.maybe_sync_batchnorm(model, tc, two, cpu)
-    assert count(on_cpu, engine.CpuSyncBatchNorm2d) == n_bn and count(on_cpu, torch.nn.BatchNorm2d) == 0
+    on_cpu = distributed.maybe_sync_batchnorm(model, tc, two, cpu)
+    assert count(on_cpu, distributed.CpuSyncBatchNorm2d) == n_bn and count(on_cpu, torch.nn.BatchNorm2d) == 0
     # the very same parameter and buffer tensors: an optimizer built before the conversion still sees them
     after = {**dict(on_cpu.named_parameters()), **dict(on_cpu.named_buffers())}
     assert after.keys() == tensors.keys() and all(after[k] is tensors[k] for k in tensors)
     frozen = build_model(micro_cfg(backbone_norm="frozen_bn"))
-    assert engine.maybe_sync_batchnorm(frozen, tc, two, cuda) is frozen     # nothing to synchronise
+    assert distributed.maybe_sync_batchnorm(frozen, tc, two, cuda) is frozen     # nothing to synchronise
     tc.sync_bn = False
     model = build_model(micro_cfg(backbone_norm="bn"))
-    assert engine.maybe_sync_batchnorm(model, tc, two, cuda) is model
+    assert distributed.maybe_sync_batchnorm(model, tc, two, cuda) is model
 
 
 def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
@@ -297,8 +298,8 @@ def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
     ref = torch.nn.BatchNorm2d(4)
     with torch.no_grad():
         ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
-    mine = engine._cpu_sync_batchnorm(torch.nn.Sequential(ref))[0]
-    assert isinstance(mine, engine.CpuSyncBatchNorm2d)
+    mine = distributed._cpu_sync_batchnorm(torch.nn.Sequential(ref))[0]
+    assert isinstance(mine, distributed.CpuSyncBatchNorm2d)
     ref = torch.nn.BatchNorm2d(4).train()
     ref.load_state_dict(mine.state_dict())
     with socket.socket() as s:
@@ -351,7 +352,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shapes_root, mo
     assert ckpt["epoch"] == 1 and ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "nan" / "final.pth").exists()
-    with FileLock(tmp_path / "nan" / engine.LOCK, blocking=False):     # released on the error
+    with FileLock(tmp_path / "nan" / rundir.LOCK, blocking=False):     # released on the error
         pass
 
 
@@ -377,3 +378,16 @@ def test_keyboard_interrupt_keeps_checkpoint(tmp_path, shapes_root, monkeypatch,
     captured = capsys.readouterr()
     assert "--resume" in captured.out + captured.err
     assert [p.name for p in (tmp_path / "int").iterdir() if ".tmp-" in p.name] == []
+
+
+def test_keep_metrics_before_drops_unfinished_epochs(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records = [{"type": "step", "epoch": 1, "step": 1}, {"type": "epoch", "epoch": 1, "step": 2},
+               {"type": "resume", "epoch": 1, "step": 2, "changed": {"train.lr": [1e-4, 5e-5]}},
+               {"type": "step", "epoch": 2, "step": 3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
+    rundir.keep_metrics_before(path, 1)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:3]
+    path.write_text('{"epoch": 1}\nnot json\n')                 # read through runs.read_metrics
+    with pytest.raises(ValueError, match="metrics.jsonl:2 is not a JSON record"):
+        rundir.keep_metrics_before(path, 1)
