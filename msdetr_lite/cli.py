@@ -11,8 +11,8 @@ Overrides are `section.field=value` (sections: model, matcher, loss, data, train
 msdetr_lite/config.py for every field. The whole config is checked before anything runs.
 
 Exit codes: 0 done; 1 training stopped on a non-finite loss; 2 a usage error (bad option or
-config, missing or unreadable file, a run directory that cannot be used as asked), printed as
-one line per problem; 130 interrupted.
+config, missing or unreadable file, a bad annotation json or image, a run directory that cannot
+be used as asked), printed as one line per problem; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -257,11 +257,13 @@ COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "compare": c
 
 def _usage_problems(error: BaseException) -> Optional[list[str]]:
     """The lines to print if `error` is a mistake of the caller (bad config, missing or unreadable
-    file, run directory not usable as asked); None for anything else (a bug: it propagates)."""
+    file, bad data file, run directory not usable as asked); None for anything else (a bug: it
+    propagates)."""
     from msdetr_lite.checkpoint import CheckpointError
+    from msdetr_lite.data.validation import DataError
     if isinstance(error, (UsageError, ConfigError)):
         return error.problems
-    if isinstance(error, (FileNotFoundError, PermissionError, CheckpointError)):
+    if isinstance(error, (FileNotFoundError, PermissionError, CheckpointError, DataError)):
         return [str(error)]
     rundir = sys.modules.get("msdetr_lite.rundir")      # only a command that trains can raise these
     if rundir is not None and isinstance(error, rundir.RunDirError):

@@ -100,6 +100,17 @@ def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
     assert "not allowed with argument" in lines[-1]
 
 
+def test_bad_annotation_json_is_a_user_error(tmp_path, capsys):
+    """A data file that cannot be used (DataError) is one line naming the file, exit 2."""
+    root = tmp_path / "data"
+    (root / "annotations").mkdir(parents=True)
+    (root / "train").mkdir()
+    bad = root / "annotations" / "instances_train.json"
+    bad.write_text('{"images": [], "annotations": [], "categories": [{"id": 1}]}')
+    (line,) = _usage_error(["train", f"data.root={root}", f"train.output_dir={tmp_path / 'run'}"], capsys)
+    assert line.startswith("msdetr train: error: ") and str(bad) in line and "categories[0]" in line
+
+
 def test_real_bugs_still_raise(monkeypatch):
     def broken(args):
         raise KeyError("a bug")

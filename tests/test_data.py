@@ -408,7 +408,7 @@ def test_sixteen_bit_png_is_scaled_not_saturated(tmp_path):
 
 
 def test_to_rgb_modes():
-    from msdetr_lite.data.coco import to_rgb
+    from msdetr_lite.data import to_rgb
     i32 = Image.fromarray(np.array([[-5, 0, 257, 65535, 70000]], dtype=np.int32))
     assert i32.mode == "I" and np.asarray(to_rgb(i32))[0, :, 0].tolist() == [0, 0, 1, 255, 255]
     pal = Image.new("P", (2, 1))

@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .coco import PROJECT_ROOT, CocoDetection, coco_from_dict, load_coco_json
+from .coco import PROJECT_ROOT, CocoDetection, coco_from_dict
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, make_transforms
+from .validation import DataError, ValidationReport, inspect_image, load_coco_json, to_rgb
 
 __all__ = [
     "CocoDetection", "build_dataset", "collate", "resolve_root", "split_paths", "base_dataset",
     "make_transforms", "build_transforms", "denormalize", "load_coco_json", "coco_from_dict",
-    "IMAGENET_MEAN", "IMAGENET_STD", "build_train_loader", "build_val_loader",
+    "IMAGENET_MEAN", "IMAGENET_STD", "build_train_loader", "build_val_loader", "DataError", "ValidationReport",
+    "to_rgb", "inspect_image",
 ]
 
 _GENERATE_HINT = ("generate the embedded dataset with `python -m msdetr_lite data shapes --out data/shapes` "
