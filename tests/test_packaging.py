@@ -54,3 +54,11 @@ def test_readme_quick_start_is_make_targets():
     block = re.search(r"```(?:bash|sh)?\n(.*?)```", readme, re.S).group(1)
     commands = [l.split("#")[0].strip() for l in block.splitlines() if l.split("#")[0].strip()]
     assert commands[:2] == ["make demo", "make test"], commands
+
+
+def test_every_package_is_listed_for_the_wheel():
+    """setuptools installs only the packages pyproject names: a folder of modules left out of the
+    list (e.g. msdetr_lite/viz) would be missing from an installed msdetr_lite."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "msdetr_lite").rglob("__init__.py")}
+    assert found <= listed, f"pyproject.toml [tool.setuptools] packages lacks {sorted(found - listed)}"

@@ -1,101 +1,21 @@
-"""SetCriterion: match, then supervise, for every decoder layer and every branch.
-
-Branches (docs/method.md, "Losses"):
-
-| branch | predictions | matching | weights cls / L1 / GIoU |
-|---|---|---|---|
-| `o2o` | outputs["o2o"][l], the primary queries | Hungarian | 1 / 5 / 2 |
-| `o2m`, supervision `ms` | outputs["o2m"][l], the same queries at the o2m tap | MS-DETR one-to-many | 2 / 5 / 2 |
-| `o2m`, supervision `hybrid` | outputs["o2m"][l], H-DETR's extra queries | Hungarian on the GTs repeated K times | o2o x hybrid_weight |
-| `o2m`, supervision `group` | outputs["o2m"][l], Group-DETR's extra groups | Hungarian per group | o2o x group_weight |
-| `enc` | outputs["enc"], two-stage proposals | Hungarian, class-agnostic | 2 / 5 / 2 |
-
-Every branch uses the sigmoid focal loss over all queries x classes and L1 + GIoU on the
-matched pairs, all divided by the number of GT boxes in the batch (averaged over processes).
-So the o2m branch of `ms`, with up to K positives per GT, weighs about K times the o2o branch.
-The one exception is `hybrid`, which divides by the number of *repeated* GTs (K x the number of
-GTs), exactly as H-DETR does by handing its criterion the repeated targets.
-
-Two paths compute the same losses. The default (`batched=True`) matches and supervises every
-layer and image of a branch at once: predictions are stacked [L, B, N, C], the Hungarian cost
-matrices of all branches go to the host in one copy (`matching.hungarian_solve`), the
-one-to-many matcher stays on the device (`matching.batched_one_to_many`), and each branch takes
-one focal loss and one L1 / GIoU over all its layers, split per layer at the end. The host
-syncs left per step: that one copy of the costs (scipy needs them) and, on a GPU, nothing else
-in the criterion (the GT-count normaliser stays a tensor). `batched=False` runs the original
-per-image, per-layer code, kept as the readable reference the equivalence tests compare against.
-"""
+"""SetCriterion and its batched path (the default): every layer and image of a branch at once."""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
-from .config import SUPERVISIONS, LossConfig, MatcherConfig
-from .matching import (HungarianPairs, HungarianProblem, ManyPairs, PaddedTargets, _xyxy, _xyxy_nd,
-                       batched_o2o_cost, batched_one_to_many, hungarian_solve, o2m_class_targets,
-                       one_to_many, one_to_one, pad_targets)
+from ..config import SUPERVISIONS, LossConfig, MatcherConfig
+from ..matching import (HungarianPairs, HungarianProblem, ManyPairs, PaddedTargets, batched_o2o_cost,
+                        batched_one_to_many, hungarian_solve, pad_targets)
+from ..matching.reference import _xyxy
+from .reference import ReferencePath
+from .terms import Assignment, _iou_aware_focal_terms, _num_boxes, _one_to_one_assignment
 
 
-class Assignment(NamedTuple):
-    """The matching of one image for one branch and layer (int64 tensors, query indices
-    index the branch's predictions, GT indices the image's original `labels` / `boxes`).
-
-    query_idx, gt_idx:         [N] every (query, GT) pair; the box losses count each pair.
-    cls_query_idx, cls_gt_idx: [M] each query at most once; the query's class target is the
-                               label of that GT. Equal to the pairs except for `ms`, where a
-                               query paired with two GTs keeps the higher-scoring one.
-    """
-    query_idx: Tensor
-    gt_idx: Tensor
-    cls_query_idx: Tensor
-    cls_gt_idx: Tensor
-
-
-def _one_to_one_assignment(query_idx: Tensor, gt_idx: Tensor) -> Assignment:
-    return Assignment(query_idx, gt_idx, query_idx, gt_idx)
-
-
-def _num_boxes(targets: list[dict], device: torch.device) -> Tensor:
-    """Number of GT boxes per process, averaged over processes, at least 1 (normaliser).
-
-    A 0-d float tensor on `device`, never read back to the host: the count comes from the
-    targets' shapes and torch.full writes it without a host -> device copy (no sync)."""
-    n = torch.full((), float(sum(len(t["labels"]) for t in targets)), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return n.clamp(min=1.0)
-
-
-def iou_aware_focal_loss(logits: Tensor, target: Tensor, positive: Tensor,
-                         alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Quality-focal style loss with soft targets t in [0, 1] (summed):
-
-        loss = alpha_t * |t - p|^gamma * BCE(p, t),   p = sigmoid(logit),
-        alpha_t = alpha on the matched (query, class) entries (`positive`), 1 - alpha elsewhere.
-
-    The matched entry gets t = IoU(predicted box, its GT), all others t = 0. With t = 1 it is
-    exactly the sigmoid focal loss, so the IoU target is the only change: a query learns to
-    score as high as its box is good, not just "object here".
-    """
-    return _iou_aware_focal_terms(logits, target, positive, alpha, gamma).sum()
-
-
-def _iou_aware_focal_terms(logits: Tensor, target: Tensor, positive: Tensor,
-                           alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """The elementwise terms of `iou_aware_focal_loss`, same shape as `logits`."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    alpha_t = torch.where(positive, torch.full_like(prob, alpha), torch.full_like(prob, 1 - alpha))
-    return alpha_t * (target - prob).abs().pow(gamma) * ce
-
-
-class SetCriterion(nn.Module):
+class SetCriterion(ReferencePath, nn.Module):
     """Losses of MS-DETR and of the schemes it is compared with.
 
     SetCriterion(num_classes, loss_cfg, matcher_cfg, supervision, num_queries, group_num,
@@ -135,61 +55,6 @@ class SetCriterion(nn.Module):
         self.generator = generator
         self.batched = batched
 
-    # ------------------------------------------------------------------ matching
-
-    def _hungarian(self, logits: Tensor, boxes: Tensor, labels: Tensor, gt_boxes: Tensor):
-        m = self.matcher_cfg
-        return one_to_one(logits, boxes, labels, gt_boxes, m.cost_class, m.cost_bbox, m.cost_giou,
-                          self.loss_cfg.focal_alpha, self.loss_cfg.focal_gamma)
-
-    def _match_o2o(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> list[Assignment]:
-        return [_one_to_one_assignment(*self._hungarian(logits[b], boxes[b], t["labels"], t["boxes"]))
-                for b, t in enumerate(targets)]
-
-    def _match_ms(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> list[Assignment]:
-        m = self.matcher_cfg
-        out = []
-        for b, t in enumerate(targets):
-            q, g, scores = one_to_many(logits[b], boxes[b], t["labels"], t["boxes"], k=m.k, tau=m.tau,
-                                       alpha=m.alpha, max_pos_fraction=m.max_pos_fraction,
-                                       generator=self.generator, return_scores=True)
-            out.append(Assignment(q, g, *o2m_class_targets(q, g, scores)))
-        return out
-
-    def _match_hybrid(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> list[Assignment]:
-        k = self.loss_cfg.hybrid_k
-        out = []
-        for b, t in enumerate(targets):
-            num_gt = len(t["labels"])
-            # H-DETR: the extra queries are matched one-to-one against K copies of every GT.
-            q, g = self._hungarian(logits[b], boxes[b], t["labels"].repeat(k), t["boxes"].repeat(k, 1))
-            g = g % num_gt if num_gt else g          # copy index -> original GT index
-            out.append(_one_to_one_assignment(q, g))
-        return out
-
-    def _match_group(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> list[Assignment]:
-        q_per_group, n_groups = self.num_queries, self.group_num - 1
-        if logits.shape[1] != n_groups * q_per_group:
-            raise ValueError(f"outputs['o2m'] logits must be [B, (group_num-1)*num_queries, C] = "
-                             f"[B, {n_groups * q_per_group}, C], got {tuple(logits.shape)}")
-        out = []
-        for b, t in enumerate(targets):
-            qs, gs = [], []
-            for i in range(n_groups):  # Group-DETR: every group is an independent o2o problem
-                part = slice(i * q_per_group, (i + 1) * q_per_group)
-                q, g = self._hungarian(logits[b, part], boxes[b, part], t["labels"], t["boxes"])
-                qs.append(q + i * q_per_group)
-                gs.append(g)
-            out.append(_one_to_one_assignment(torch.cat(qs), torch.cat(gs)))
-        return out
-
-    def _match_enc(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> list[Assignment]:
-        # Class-agnostic: every GT is class 0 of the single "object" logit. Invalid (padded)
-        # tokens carry very negative logits and far-away boxes, so they are never cheap.
-        return [_one_to_one_assignment(*self._hungarian(logits[b], boxes[b], torch.zeros_like(t["labels"]),
-                                                        t["boxes"]))
-                for b, t in enumerate(targets)]
-
     def _check_batch(self, outputs: dict, targets: list[dict]) -> torch.device:
         """Check the batch's shapes; returns the predictions' device."""
         if not outputs.get("o2o"):
@@ -202,12 +67,6 @@ class SetCriterion(nn.Module):
                              f"got {tuple(logits.shape)}")
         return logits.device
 
-    def _prepare(self, outputs: dict, targets: list[dict]) -> list[dict]:
-        """Check the batch and move the targets next to the predictions (reference path)."""
-        device = self._check_batch(outputs, targets)
-        return [{"labels": t["labels"].to(device=device, dtype=torch.int64),
-                 "boxes": t["boxes"].to(device=device, dtype=torch.float32)} for t in targets]
-
     @torch.no_grad()
     def match(self, outputs: dict, targets: list[dict]) -> dict:
         """All assignments of a batch, for the losses and for the notebooks:
@@ -217,68 +76,6 @@ class SetCriterion(nn.Module):
             return self._match_reference(outputs, self._prepare(outputs, targets))
         gt = self._padded_targets(outputs, targets)
         return self._assignments(self._match_batched(outputs, gt), gt)
-
-    def _match_reference(self, outputs: dict, targets: list[dict]) -> dict:
-        with torch.no_grad():
-            result = {"o2o": [self._match_o2o(p["logits"], p["boxes"], targets) for p in outputs["o2o"]]}
-            if self.supervision != "o2o" and outputs.get("o2m"):
-                match_o2m = {"ms": self._match_ms, "hybrid": self._match_hybrid,
-                             "group": self._match_group}[self.supervision]
-                result["o2m"] = [match_o2m(p["logits"], p["boxes"], targets) for p in outputs["o2m"]]
-            if outputs.get("enc") is not None:
-                result["enc"] = self._match_enc(outputs["enc"]["logits"], outputs["enc"]["boxes"], targets)
-        return result
-
-    # ------------------------------------------------------------------ losses
-
-    def _branch_losses(self, logits: Tensor, boxes: Tensor, targets: list[dict],
-                       assignments: list[Assignment], num_boxes: Tensor,
-                       weights: tuple[float, float, float], tag: str,
-                       class_agnostic: bool = False) -> dict[str, Tensor]:
-        """Focal + L1 + GIoU of one branch at one layer; logits [B, N, C], boxes [B, N, 4]."""
-        # -inf logits (never-selected encoder tokens) would make the BCE inf - inf = NaN.
-        logits = logits.float().clamp(min=torch.finfo(torch.float32).min)
-        boxes = boxes.float()
-        w_cls, w_bbox, w_giou = weights
-
-        # Boxes: every matched pair counts.
-        batch_idx = torch.cat([torch.full_like(a.query_idx, b) for b, a in enumerate(assignments)])
-        query_idx = torch.cat([a.query_idx for a in assignments])
-        src_boxes = boxes[batch_idx, query_idx]                                      # [N, 4]
-        tgt_boxes = torch.cat([t["boxes"][a.gt_idx] for t, a in zip(targets, assignments)])
-        loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        loss_giou = generalized_box_iou_loss(box_convert(src_boxes, "cxcywh", "xyxy"),
-                                             box_convert(tgt_boxes, "cxcywh", "xyxy"),
-                                             reduction="sum") / num_boxes
-
-        # Classes: one-hot target for each query's (single) class assignment, 0 elsewhere.
-        cls_batch = torch.cat([torch.full_like(a.cls_query_idx, b) for b, a in enumerate(assignments)])
-        cls_query = torch.cat([a.cls_query_idx for a in assignments])
-        if class_agnostic:
-            cls_label = torch.zeros_like(cls_query)
-        else:
-            cls_label = torch.cat([t["labels"][a.cls_gt_idx] for t, a in zip(targets, assignments)])
-        target = torch.zeros_like(logits)
-        if self.loss_cfg.iou_aware:
-            with torch.no_grad():  # the IoU is a target, not a path for gradients
-                cls_gt_boxes = torch.cat([t["boxes"][a.cls_gt_idx] for t, a in zip(targets, assignments)])
-                # box_iou over a batch of 1x1 problems: the IoU of each (prediction, GT) pair.
-                iou = box_iou(_xyxy(boxes[cls_batch, cls_query])[:, None],
-                              _xyxy(cls_gt_boxes)[:, None])[:, 0, 0]
-                target[cls_batch, cls_query, cls_label] = torch.nan_to_num(iou, nan=0.0).clamp(0, 1)
-            positive = torch.zeros_like(logits, dtype=torch.bool)
-            positive[cls_batch, cls_query, cls_label] = True
-            loss_cls = iou_aware_focal_loss(logits, target, positive,
-                                            self.loss_cfg.focal_alpha, self.loss_cfg.focal_gamma)
-        else:
-            target[cls_batch, cls_query, cls_label] = 1.0
-            loss_cls = sigmoid_focal_loss(logits, target, self.loss_cfg.focal_alpha,
-                                          self.loss_cfg.focal_gamma, reduction="sum")
-        loss_cls = loss_cls / num_boxes
-
-        return {f"loss_cls_{tag}": w_cls * loss_cls,
-                f"loss_bbox_{tag}": w_bbox * loss_bbox,
-                f"loss_giou_{tag}": w_giou * loss_giou}
 
     def _o2m_weights(self, num_boxes: Tensor) -> tuple[tuple[float, float, float], Tensor]:
         """(cls, L1, GIoU) weights and normaliser of the o2m branch of the current scheme."""
@@ -321,32 +118,6 @@ class SetCriterion(nn.Module):
         losses["loss"] = torch.stack(list(losses.values())).sum()
         if return_matches:
             return losses, self._assignments(branches, gt)
-        return losses
-
-    def _forward_reference(self, outputs: dict, targets: list[dict], return_matches: bool = False):
-        """`forward` one image and one layer at a time (batched=False)."""
-        targets = self._prepare(outputs, targets)
-        matches = self._match_reference(outputs, targets)
-        num_boxes = _num_boxes(targets, outputs["o2o"][-1]["logits"].device)
-        c = self.loss_cfg
-
-        losses: dict[str, Tensor] = {}
-        for layer, (pred, assign) in enumerate(zip(outputs["o2o"], matches["o2o"])):
-            losses.update(self._branch_losses(pred["logits"], pred["boxes"], targets, assign, num_boxes,
-                                              (c.cls_o2o, c.bbox_o2o, c.giou_o2o), f"o2o_{layer}"))
-        if "o2m" in matches:
-            weights, norm = self._o2m_weights(num_boxes)
-            for layer, (pred, assign) in enumerate(zip(outputs["o2m"], matches["o2m"])):
-                losses.update(self._branch_losses(pred["logits"], pred["boxes"], targets, assign, norm,
-                                                  weights, f"o2m_{layer}"))
-        if "enc" in matches:
-            enc = outputs["enc"]
-            losses.update(self._branch_losses(enc["logits"], enc["boxes"], targets, matches["enc"], num_boxes,
-                                              (c.cls_enc, c.bbox_enc, c.giou_enc), "enc",
-                                              class_agnostic=True))
-        losses["loss"] = torch.stack(list(losses.values())).sum()
-        if return_matches:
-            return losses, matches
         return losses
 
     # ------------------------------------------------------------------ batched path
@@ -459,7 +230,7 @@ class SetCriterion(nn.Module):
         if self.loss_cfg.iou_aware:
             with torch.no_grad():  # the IoU is a target, not a path for gradients
                 # box_iou over a batch of 1x1 problems: the IoU of each (prediction, GT) pair.
-                iou = box_iou(_xyxy_nd(boxes)[..., None, :], _xyxy_nd(gt.boxes[image, cls_gt])[..., None, :])
+                iou = box_iou(_xyxy(boxes)[..., None, :], _xyxy(gt.boxes[image, cls_gt])[..., None, :])
                 iou = torch.nan_to_num(iou[..., 0, 0], nan=0.0).clamp(0, 1)
             terms = _iou_aware_focal_terms(logits, target * iou[..., None], target.bool(),
                                            self.loss_cfg.focal_alpha, self.loss_cfg.focal_gamma)
