@@ -194,7 +194,7 @@ def eval_output_path(checkpoint: Path, out: Optional[str]) -> Path:
 def cmd_eval(args) -> int:
     import torch
 
-    from msdetr_lite import analysis
+    from msdetr_lite import analysis, viz
     from msdetr_lite.checkpoint import (build_model_from_config, config_from_checkpoint, load_checkpoint,
                                         load_weights, resolve_device)
     from msdetr_lite.data import build_dataset, build_val_loader
@@ -223,7 +223,7 @@ def cmd_eval(args) -> int:
     out = eval_output_path(ckpt_path, args.out)
     plot_path = out.with_name(out.stem + "_candidates.png")
     label = f"{cfg.model.supervision} ({ckpt_path.parent.name})"
-    analysis.plot_candidate_quality({label: cand}, plot_path)
+    viz.save_figure(viz.plot_candidate_quality({label: cand}), plot_path, dpi=120)
     result = {**result, "candidates": cand, "checkpoint": str(ckpt_path),
               "supervision": cfg.model.supervision, "candidates_plot": str(plot_path)}
     analysis.save_json(result, out)

@@ -335,11 +335,7 @@ def preset(name: str) -> Config:
         cfg.data = DataConfig(root="data/shapes", train_scales=(112, 128, 144), val_size=128,
                               max_size=192, random_crop=False, num_workers=0)
         # The trunk starts from random weights here (no downloads), so it learns at a full lr
-        # instead of the paper's 0.1x for a pretrained one. Measured on 2 CPU cores, ms, 4 epochs
-        # (lr drop after 3): lr 4e-4 / backbone 4e-5 at batch 8 gave AP 8.5; lr 1e-3 for all
-        # 22.1 (2e-3: no better), 23.7 with the aux FFN; then batch 4 instead of 8 (twice the
-        # steps for ~10% more time) 34.0; with the transformer at 4e-4 (backbone still 1e-3)
-        # 37.7 (2e-4: 36.4), and the o2o baseline 51.6 (from 41.0).
+        # instead of the paper's 0.1x for a pretrained one (the measurements: README, Measured).
         cfg.train = TrainConfig(lr=4e-4, lr_backbone=1e-3, batch_size=4, epochs=12, lr_drop=10,
                                 clip_max_norm=0.1, output_dir="runs/tiny")
         return cfg
