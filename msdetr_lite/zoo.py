@@ -177,13 +177,14 @@ def run_info(supervision: str, fast: Optional[bool] = None, overrides: Sequence[
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _is_current(out: Path, cfg: Config) -> bool:
+def _is_current(out: Path, cfg: Config, check_code: bool = True) -> bool:
+    """Whether `out` holds a complete run of `cfg` (and, with check_code, of today's sources)."""
     path = out / ZOO_FILE
     if not path.is_file():
         return False
     info = json.loads(path.read_text())
     return (info.get("version") == ZOO_VERSION and info.get("request") == _request(cfg)
-            and info.get("code") == _code_hash()
+            and (not check_code or info.get("code") == _code_hash())
             and all((out / f).is_file() for f in info.get("snapshots", {}).values())
             and (out / "final.pth").is_file())
 
@@ -202,9 +203,10 @@ def get_checkpoint(supervision: str = "ms", fast: Optional[bool] = None, epoch: 
     with _lock(out.parent / f".{out.name}.lock"):
         if retrain or not _is_current(out, cfg):
             _train_subprocess(supervision, mode_name(fast), overrides, quiet)
-            if not _is_current(out, cfg):
-                raise RuntimeError(f"training {supervision} finished but {out} holds no complete run "
-                                   f"(or the model / training sources changed while it trained: run it again)")
+            # not the code hash: the run just trained with the sources it read when it started
+            # (recorded in zoo.json); sources edited meanwhile make it stale for the *next* call
+            if not _is_current(out, cfg, check_code=False):
+                raise RuntimeError(f"training {supervision} finished but {out} holds no complete run")
         elif not quiet:
             print(f"using the cached {supervision} run in {out}", flush=True)
     if epoch is None:
