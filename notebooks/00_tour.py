@@ -29,7 +29,8 @@
 # the tiny model, a short training run, first detections, and where everything lives.
 #
 # Everything here runs on a laptop CPU with the embedded synthetic data. With `MSDETR_FAST=1`
-# (as in CI) every training is a handful of steps, so expect meaningless detections then.
+# (as in CI) every training is two steps and every number below is meaningless; the cell
+# after the parameters says which mode this run is in.
 
 # %%
 # %matplotlib inline
@@ -42,10 +43,10 @@ import torch
 from IPython.display import Markdown, display
 
 import msdetr_lite
-from msdetr_lite import viz, widgets, zoo
+from msdetr_lite import report, viz, widgets, zoo
 
 torch.set_num_threads(zoo.default_threads())    # one thread per process on a small shared CPU
-THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
+THUMBNAILS = zoo.thumbnail_dir()              # docs/images, or $MSDETR_THUMBNAIL_DIR
 
 # %% tags=["parameters"]
 # Parameters (papermill can override them). FAST: env MSDETR_FAST=1, as in CI: tiny step
@@ -53,10 +54,14 @@ THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
 # untrained model. Leave it unset for the real (short, CPU-sized) schedules.
 FAST = zoo.fast_mode()
 N_IMAGES = 4 if FAST else 16            # validation images offered by the widgets
-SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write docs/images/*.png
+SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write THUMBNAILS/NN_name.png
 
-SCORE_THRESH = 0.3                      # detections drawn: score at least this ...
+SCORE_THRESH = None                     # detections drawn: score at least this (None: as many
+                                        # as the first image has objects, from the model's scores) ...
 TOP_DETS = 10                           # ... and at most this many per image, best first
+
+# %%
+display(Markdown(report.fast_notice(FAST) or "Full mode: the models below are the zoo's trained ones."))
 
 # %% [markdown]
 # ## 1. Install check
@@ -114,9 +119,20 @@ viz.plot_samples(val_ds, range(8), ncols=4)
 # ## 3. The tiny model
 # `preset("tiny")` is the paper's detector shrunk to CPU size: a ResNet-18 backbone, 3 encoder
 # and 4 decoder layers of width 128, 100 queries, 4 feature levels (strides 8 to 64). It is
-# **Deformable-DETR++**: two-stage (encoder proposals seed the queries' reference boxes),
-# iterative box refinement, look-forward-twice. `model.supervision` switches the training
-# scheme: `o2o` (the baseline), `ms` (MS-DETR), `hybrid` (H-DETR), `group` (Group-DETR).
+# **Deformable-DETR++**; three DETR terms, one sentence each:
+#
+# * **queries**: a fixed set of 100 slots, each a learned vector plus a reference box; every
+#   decoder layer lets each query look at the image and at the other queries, and each query
+#   finally predicts one box and its class scores (or "no object").
+# * **two-stage proposals**: the encoder first scores every feature-map position as a box
+#   proposal; the 100 best proposals give the queries their starting reference boxes, so the
+#   decoder starts from likely objects instead of learned fixed positions.
+# * **look-forward-twice**: each decoder layer refines the box of the layer before
+#   (iterative refinement), and the loss on layer *l*'s box also trains layer *l - 1*'s
+#   prediction it was refined from, so a layer learns from the box its successor makes of it.
+#
+# `model.supervision` switches the training scheme: `o2o` (the baseline), `ms` (MS-DETR),
+# `hybrid` (H-DETR), `group` (Group-DETR).
 
 # %%
 from msdetr_lite.models import build_model
@@ -182,20 +198,29 @@ ev = zoo.evaluation("ms", fast=FAST)
 print("final layer:", format_metrics(ev["final"]))
 for layer_id, metrics in zip(ev["layer_ids"], ev["layers"]):
     print(f"decoder layer {layer_id + 1}:", format_metrics(metrics, ("AP", "AP50", "AP75")))
+aps = [100 * m["AP"] for m in ev["layers"]]
+best = max(range(len(aps)), key=aps.__getitem__)
+display(Markdown(
+    ("(Fast mode: a 2-step model, the numbers mean nothing.) " if FAST else "")
+    + f"This MS-DETR reaches AP {100 * ev['final']['AP']:.1f} (AP50 {100 * ev['final']['AP50']:.1f}) at its last "
+    f"decoder layer after {zoo.history('ms', fast=FAST).epochs[-1]['epoch']} epochs; its best layer is layer "
+    f"{best + 1} ({aps[best]:.1f}), its first layer {aps[0]:.1f}. Notebook 03 sets it against the o2o baseline."))
 
 # %% [markdown]
 # ## 5. First detections
 # Inference uses the **o2o** predictions of the last decoder layer only: the top-100
 # (query, class) pairs by score, no NMS. Move the sliders: image, score threshold and how
-# many of the best to draw. After a few minutes of CPU training the scores are still low
-# and flat (around 0.2: lower the threshold) and the boxes rough; the paper trains 12 epochs
-# of COCO on 8 GPUs (notebook 05). Below, each image gets as many detections as it has
-# objects, the usual way to look at a young detector.
+# many of the best to draw. The default threshold is read off the model's own scores (it
+# keeps as many detections on the first image as that image has objects), because what a
+# score means depends on how far the model trained.
 
 # %%
 model, run_cfg = zoo.load_model("ms", fast=FAST, quiet=True)
 panel = widgets.detections_panel(model, val_ds, indices=range(N_IMAGES), score_thresh=SCORE_THRESH,
                                  top=TOP_DETS)
+thresh = panel.values()["score"]
+display(Markdown(f"Default score threshold here: **{thresh:.2f}** ({'a 2-step model: scores near the prior' if FAST else 'this model'}); "
+                 f"top score on the first image: {float(widgets.run_model(model, val_ds[0][0], aux=False)['o2o'][-1]['logits'].sigmoid().max()):.2f}."))
 panel
 
 # %%
@@ -240,6 +265,21 @@ rows = [{"file": p.name, "size (MB)": round(p.stat().st_size / 1e6, 2)} for p in
         if p.is_file() and not p.name.startswith(".")]
 print(run)
 display(Markdown(viz.markdown_table(rows)))
+
+# %% [markdown]
+# ## Check yourself
+# At inference this detector returns 100 (query, class) pairs per image and runs no NMS. What
+# in training makes one query, and not five, fire on each object? And what would the
+# detections look like if you ran inference on the **o2m** predictions instead?
+#
+# <details><summary>Answer</summary>
+#
+# The o2o loss: Hungarian matching gives each object exactly one positive query and teaches
+# all other queries "no object", so the o2o head learns to fire once per object (the queries'
+# self-attention lets them agree which one). The o2m head is trained with up to K = 6 positives
+# per object: its output would put several confident boxes on every object, i.e. it would need
+# NMS. That is why MS-DETR uses o2m in training only.
+# </details>
 
 # %% [markdown]
 # **Next:** `01_assignments` (o2o vs o2m matching on these outputs), `02_deformable_attention`,

@@ -18,18 +18,42 @@
 # Training a DETR means deciding, for every image, **which query learns from which
 # ground-truth box (GT)**. Two matchers, both without gradients, one image at a time:
 #
-# * **one-to-one (o2o)**: Hungarian matching on
-#   `cost = 2 · focal_class_cost + 5 · L1 + 2 · (−GIoU)`; every GT gets exactly one query,
-#   all other queries learn "no object". The model learns to predict each object *once*.
-# * **one-to-many (o2m)**, MS-DETR's matcher, with K = 6, tau = 0.4, alpha = 0.3:
-#   1. score every (GT, query) pair: `S[g, q] = alpha · p(q, class_g) + (1 − alpha) · IoU(q, g)`;
-#   2. a query is *positive* if its best GT scores `S ≥ tau`;
-#   3. each GT's best query is positive too;
-#   4. at most 25 % of the queries stay positive (a random subset);
-#   5. a GT with `c_g` positives gets the top `min(c_g, K)` queries of its row of S;
-#   6. a query paired with two GTs takes its class target from the better pair.
+# * **one-to-one (o2o)**: Hungarian matching (scipy's `linear_sum_assignment`) picks the
+#   permutation $\sigma$ of queries that minimises, summed over the GTs $g$,
 #
-# Here we run both on the real outputs of the MS-DETR model trained in `00_tour`.
+#   $$C(g, q) = 2\,\big[\mathcal{L}_{\text{focal}}(p_{q,c_g}, 1) - \mathcal{L}_{\text{focal}}(p_{q,c_g}, 0)\big]
+#     + 5\,\lVert b_q - b_g \rVert_1 - 2\,\mathrm{GIoU}(b_q, b_g)$$
+#
+#   with $p_{q,c}$ the query's sigmoid probability of class $c$ and boxes $b$ in normalised
+#   $(c_x, c_y, w, h)$. Every GT gets exactly one query, all other queries learn "no object":
+#   the model learns to predict each object *once*.
+# * **one-to-many (o2m)**, MS-DETR's matcher, with K = 6, $\tau$ = 0.4, $\alpha$ = 0.3, on the
+#   **matching score**
+#
+#   $$S(g, q) = \alpha\, p_{q, c_g} + (1 - \alpha)\, \mathrm{IoU}(b_q, b_g)$$
+#
+#   in six steps: (1) score every (GT, query) pair; (2) a query is *positive* if its best GT
+#   scores $S \ge \tau$; (3) each GT's best query is positive too; (4) at most 25 % of the
+#   queries stay positive (a random subset); (5) a GT with $c_g$ positives gets the top
+#   $\min(c_g, K)$ queries of its row of S; (6) a query paired with two GTs takes its class
+#   target from the better pair.
+#
+# **The losses.** Each branch gets a sigmoid focal loss over all queries $q$ and classes $c$
+# (targets $t_{q,c} \in \{0, 1\}$, $\alpha_f$ = 0.25, $\gamma$ = 2) and L1 + GIoU on its matched
+# pairs $M$, all divided by the number of GTs $N$:
+#
+# $$\mathcal{L}_{\text{focal}} = \frac{1}{N}\sum_{q,c} -\alpha_t (1 - p_t)^{\gamma} \log p_t,\quad
+#   p_t = \begin{cases} p_{q,c} & t_{q,c} = 1 \\ 1 - p_{q,c} & t_{q,c} = 0 \end{cases}$$
+#
+# $$\mathcal{L}_{\text{branch}} = \lambda_{\text{cls}} \mathcal{L}_{\text{focal}}
+#   + \frac{1}{N}\sum_{(q, g) \in M} \Big(5\,\lVert b_q - b_g\rVert_1 + 2\,\big(1 - \mathrm{GIoU}(b_q, b_g)\big)\Big)$$
+#
+# with $\lambda_{\text{cls}}$ = 1 for o2o and 2 for o2m, and $M$ the o2o pairs or the o2m pairs.
+# MS-DETR's training loss sums both branches over every decoder layer (plus the encoder's
+# proposals): $\mathcal{L} = \sum_{l} \big(\mathcal{L}^{l}_{\text{o2o}} + \mathcal{L}^{l}_{\text{o2m}}\big) + \mathcal{L}_{\text{enc}}$.
+# The o2m term is divided by the same $N$ although it has up to K pairs per GT.
+#
+# Here we run both matchers on the real outputs of the MS-DETR model trained in `00_tour`.
 
 # %%
 # %matplotlib inline
@@ -42,10 +66,10 @@ import torch
 from IPython.display import Markdown, display
 
 import msdetr_lite
-from msdetr_lite import viz, widgets, zoo
+from msdetr_lite import report, viz, widgets, zoo
 
 torch.set_num_threads(zoo.default_threads())    # one thread per process on a small shared CPU
-THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
+THUMBNAILS = zoo.thumbnail_dir()              # docs/images, or $MSDETR_THUMBNAIL_DIR
 
 # %% tags=["parameters"]
 # Parameters (papermill can override them). FAST: env MSDETR_FAST=1, as in CI: tiny step
@@ -53,10 +77,13 @@ THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
 # untrained model. Leave it unset for the real (short, CPU-sized) schedules.
 FAST = zoo.fast_mode()
 N_IMAGES = 4 if FAST else 16            # validation images offered by the widgets
-SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write docs/images/*.png
+SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write THUMBNAILS/NN_name.png
 
 IMAGE = 0                               # validation image of the walkthrough
 LAYER = -1                              # decoder layer (-1 = last)
+
+# %%
+display(Markdown(report.fast_notice(FAST) or "Full mode: the zoo's trained MS-DETR."))
 
 # %% [markdown]
 # ## 1. The model and its training checkpoints
@@ -73,13 +100,27 @@ print("checkpoints:", [label for label, _ in checkpoints])
 print(val_ds)
 
 # %% [markdown]
-# ## 2. Both matchers, step by step, on one image
+# ## 2. The six steps, in the library's code
+# Each step is a small function of `msdetr_lite.matching`; here is its source, then we call
+# them one by one on one image.
+
+# %%
+import inspect
+
+from msdetr_lite import matching
+
+for step, fn in (("step 1: the score S", matching.match_scores),
+                 ("steps 2-4: positives (tau, each GT's best, the 25 % cap)", matching.select_positives),
+                 ("step 5: top-min(c_g, K) per GT", matching.topk_per_gt),
+                 ("step 6: one class target per query", matching.o2m_class_targets)):
+    display(Markdown(f"**{step}**: `matching.{fn.__name__}`\n\n```python\n{inspect.getsource(fn).rstrip()}\n```"))
+
+# %% [markdown]
+# ## 3. Both matchers, step by step, on one image
 # In eval mode the model skips the training-only o2m branch; `aux_branches=True` (what
 # `widgets.run_model` passes) computes it anyway, so we see exactly what the loss sees.
 
 # %%
-from msdetr_lite import matching
-
 image, target = val_ds[IMAGE]
 out = widgets.run_model(model, image)
 o2m_logits, o2m_boxes = widgets.branch_predictions(out, "o2m", LAYER)
@@ -114,14 +155,17 @@ if SAVE_THUMBNAIL:
 fig
 
 # %% [markdown]
-# ## 3. Explore
+# ## 4. Explore
 # * **K**: at most K o2m queries per GT. A GT only gets `min(c_g, K)`, so K matters once the
 #   queries are good enough for several of them to pass tau (hollow circles: the row's
 #   top-K that were *not* taken).
 # * **tau**: the score a query needs to count as positive; lower it and more GTs reach K.
 # * **alpha**: how much the class probability counts against the IoU in S.
-# * **decoder layer** and **checkpoint**: early layers and early epochs have scattered,
-#   low-scoring candidates; training concentrates several good queries on every object.
+# * **decoder layer** and **checkpoint**: compare early layers and epochs with late ones: how
+#   many o2m pairs does each GT get, and how high are their scores?
+#
+# The panel opens on the first image where K = 6 -> 7 adds pairs (a GT with more than six
+# positives), so moving K right changes the assignment; it says so when no image has one.
 
 # %%
 panel = widgets.assignment_panel(dict(checkpoints), val_ds, indices=range(N_IMAGES), matcher=run_cfg.matcher)
@@ -145,11 +189,11 @@ ax.set_xlabel("K")
 ax.set_ylabel("positive (query, GT) pairs")
 ax.set_title(f"image {IMAGE}: o2m positives vs K (tau = {m.tau})", fontsize=10)
 ax.grid(alpha=0.3)
-ax.legend(fontsize=7)
+ax.legend(fontsize=9)
 fig
 
 # %% [markdown]
-# ## 4. Why o2m helps, and why inference stays o2o
+# ## 5. Why o2m helps, and why inference stays o2o
 # **Why it helps.** With o2o, each object trains one query as positive and pushes *all
 # others* towards "no object", even those whose box is nearly as good. The o2m branch tells
 # the top-K of them "you are right too": many more positive gradients per image, and the
@@ -159,9 +203,9 @@ fig
 # its output would need NMS. In MS-DETR the o2m tap sits *before* the self-attention of
 # each layer, and the o2o branch at the end of the layer, after the self-attention has let
 # the queries see each other and settle which one speaks for an object. At inference only
-# the o2o output is used, so the detector stays NMS-free. The duplicate counts make it
-# concrete: confident queries that land on a GT another, higher-scored query already
-# claimed.
+# the o2o output is used, so the detector stays NMS-free, *if* the o2o branch has learned to
+# suppress the extra confident queries the o2m branch creates. The duplicate counts measure
+# that: confident queries that land on a GT another, higher-scored query already claimed.
 
 # %%
 from msdetr_lite.analysis import candidate_quality
@@ -176,11 +220,43 @@ for branch in ("o2o", "o2m"):
         st = candidate_quality(out_b, targets, topk=20, score_thresh=thresh, branch=branch)["layers"][-1]
         rows.append({"branch": branch, "score threshold": thresh,
                      "duplicates / image": round(st["duplicates"], 2),
-                     "queries with IoU>=0.5 per GT": round(st["num_iou50"], 2),
-                     "recall@0.5 of top-20": round(st["recall50_topk"], 3)})
+                     "queries with IoU >= 0.5 per GT": round(st["num_iou50"], 2),
+                     "recall of the top 20 at IoU 0.5": round(st["recall50_topk"], 3)})
 display(Markdown(viz.markdown_table(rows)))
 
+
+def compare_branches(rows, thresh):
+    o2o, o2m = ({r["branch"]: r for r in rows if r["score threshold"] == thresh}[b] for b in ("o2o", "o2m"))
+    d_o2o, d_o2m = o2o["duplicates / image"], o2m["duplicates / image"]
+    if d_o2o == d_o2m == 0:
+        dup = "neither branch has a duplicate (no object has two queries that confident)"
+    elif d_o2m > d_o2o:
+        dup = f"the o2m branch has more duplicates ({d_o2m} vs {d_o2o} per image), as it is trained to"
+    else:
+        dup = f"the o2m branch has no more duplicates than the o2o branch ({d_o2m} vs {d_o2o} per image)"
+    n = (o2m["queries with IoU >= 0.5 per GT"], o2o["queries with IoU >= 0.5 per GT"])
+    more = "more" if n[0] > n[1] else ("as many" if n[0] == n[1] else "fewer")
+    than = "as" if n[0] == n[1] else "than"
+    return (f"At score > {thresh}, {dup}; the o2m branch has {more} well-placed queries per GT {than} the o2o branch "
+            f"({n[0]} vs {n[1]} with IoU >= 0.5).")
+
+
+display(Markdown(("(Fast mode: a 2-step model, these counts mean nothing.) " if FAST else "")
+                 + " ".join(compare_branches(rows, t) for t in (0.1, 0.3))
+                 + " MS-DETR trains both heads on the same queries: the dense o2m signal is meant to improve "
+                 "the candidates, the o2o head to turn them into one detection per object. Notebooks 03 and 04 "
+                 "measure whether it does on this data."))
+
 # %% [markdown]
-# The o2m branch has more well-placed queries per GT *and* more duplicates; the o2o branch
-# keeps duplicates low. MS-DETR trains both on the same queries: the dense o2m signal
-# improves the candidates, the o2o head turns them into one detection per object.
+# ## Check yourself
+# A GT has $c_g$ = 3 positive queries (three queries whose best GT it is with $S \ge \tau$). How many
+# o2m pairs does it get with K = 6? With K = 2? And if $\tau$ is raised so far that no query
+# reaches it?
+#
+# <details><summary>Answer</summary>
+#
+# $\min(c_g, K)$: 3 pairs with K = 6 (K is only a cap), 2 with K = 2. With no query above $\tau$,
+# step 3 still makes each GT's best query positive, so $c_g$ = 1 and the GT gets one pair,
+# like o2o (but without the Hungarian constraint: one query may be the best of two GTs).
+# That is why K does nothing on a young model: few queries pass $\tau$, so $c_g < K$.
+# </details>

@@ -20,7 +20,12 @@
 # query predicts, per head *m*, level *l* and point *p*, a small **offset** from its
 # **reference box** and a **weight**, samples the feature map bilinearly there and sums:
 #
-# `out = Σ_m W_m Σ_l Σ_p A[m, l, p] · V_l(ref + Δ[m, l, p])`, with `Σ_{l,p} A[m, l, p] = 1` per head.
+# $$\mathrm{out}(q) = \sum_{m=1}^{M} W_m \sum_{l=1}^{L} \sum_{p=1}^{P} A_{mlp}(q)\; V_l\big(r_q + \Delta_{mlp}(q)\big),
+#   \qquad \sum_{l,p} A_{mlp}(q) = 1 \text{ per head } m$$
+#
+# with $r_q$ the query's reference point, $\Delta$ the predicted offsets, $A$ the predicted
+# weights (a softmax over levels and points), $V_l$ the value map of level $l$ sampled
+# bilinearly and $W_m$ the output projection of head $m$.
 #
 # With box references the offsets are relative to the box (at most half its size). 8 heads x
 # 4 levels x 4 points = 128 samples per query, whatever the image size. This notebook shows
@@ -37,10 +42,10 @@ import torch
 from IPython.display import Markdown, display
 
 import msdetr_lite
-from msdetr_lite import viz, widgets, zoo
+from msdetr_lite import report, viz, widgets, zoo
 
 torch.set_num_threads(zoo.default_threads())    # one thread per process on a small shared CPU
-THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
+THUMBNAILS = zoo.thumbnail_dir()              # docs/images, or $MSDETR_THUMBNAIL_DIR
 
 # %% tags=["parameters"]
 # Parameters (papermill can override them). FAST: env MSDETR_FAST=1, as in CI: tiny step
@@ -48,10 +53,13 @@ THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
 # untrained model. Leave it unset for the real (short, CPU-sized) schedules.
 FAST = zoo.fast_mode()
 N_IMAGES = 4 if FAST else 16            # validation images offered by the widgets
-SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write docs/images/*.png
+SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write THUMBNAILS/NN_name.png
 
 IMAGE = 0                               # validation image of the static figures
 BENCH_REPEATS = 2 if FAST else 10       # timing repetitions per backend
+
+# %%
+display(Markdown(report.fast_notice(FAST) or "Full mode: the zoo's trained MS-DETR."))
 
 # %%
 from msdetr_lite.data import build_dataset
@@ -124,6 +132,9 @@ shape_kw = dict(n_heads=n_heads, head_dim=run_cfg.model.d_model // n_heads,
 rows = widgets.compare_backends(backends, repeats=BENCH_REPEATS, **shape_kw)
 if torch.cuda.is_available():
     rows += widgets.compare_backends(ops.available_backends("cuda"), repeats=BENCH_REPEATS, device="cuda", **shape_kw)
+if FAST:
+    display(Markdown(f"**Fast mode: {BENCH_REPEATS} repetitions per backend on a shared CPU; the times below are "
+                     "not meaningful, only the agreement columns are.** `bench/kernels.py` measures them properly."))
 display(Markdown(viz.markdown_table(rows)))
 viz.plot_backend_timings([r for r in rows if "forward_ms" in r])
 
@@ -132,3 +143,18 @@ viz.plot_backend_timings([r for r in rows if "forward_ms" in r])
 
 # %%
 display(Markdown(viz.markdown_table(widgets.model_backend_agreement(model, image, backends), floatfmt=".2g")))
+
+# %% [markdown]
+# ## Check yourself
+# A query of this model samples 8 heads x 4 levels x 4 points. How many feature-map values
+# does one deformable cross-attention read per query, and how does that change if the image
+# grows from 128 to 800 pixels a side? What would plain (dense) cross-attention read?
+#
+# <details><summary>Answer</summary>
+#
+# 128 sampling points, each a bilinear read of 4 neighbours: 512 values per head channel,
+# whatever the image size. Dense attention compares the query with every position of every
+# level: about (128/8)^2 + (128/16)^2 + ... = 340 positions at 128 px, about 13 000 at 800 px
+# (it grows with the image area); that cost, in the encoder, is what made the original DETR
+# slow to train at high resolution.
+# </details>

@@ -35,10 +35,10 @@ import torch
 from IPython.display import Markdown, display
 
 import msdetr_lite
-from msdetr_lite import viz, widgets, zoo
+from msdetr_lite import report, viz, widgets, zoo
 
 torch.set_num_threads(zoo.default_threads())    # one thread per process on a small shared CPU
-THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
+THUMBNAILS = zoo.thumbnail_dir()              # docs/images, or $MSDETR_THUMBNAIL_DIR
 
 # %% tags=["parameters"]
 # Parameters (papermill can override them). FAST: env MSDETR_FAST=1, as in CI: tiny step
@@ -46,11 +46,15 @@ THUMBNAILS = zoo.PROJECT_ROOT / "docs" / "images"
 # untrained model. Leave it unset for the real (short, CPU-sized) schedules.
 FAST = zoo.fast_mode()
 N_IMAGES = 4 if FAST else 16            # validation images offered by the widgets
-SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write docs/images/*.png
+SAVE_THUMBNAIL = os.environ.get("MSDETR_THUMBNAILS") == "1"   # write THUMBNAILS/NN_name.png
 
 TOP_K = 20                              # candidates drawn per image (the paper's Fig. 1: 20)
 FIG_IMAGES = [0, 1, 2]                  # validation images of the static figure
 STAT_BATCHES = 1 if FAST else 25        # validation batches for the statistics (8 images each)
+NMS_IOU = 0.7                           # the NMS-aware numbers: class-wise NMS at this IoU
+
+# %%
+display(Markdown(report.fast_notice(FAST) or "Full mode: the zoo's trained o2o and MS-DETR models."))
 
 # %%
 from msdetr_lite.data import build_dataset
@@ -77,7 +81,7 @@ fig
 # %% [markdown]
 # ## 2. Layer by layer
 # The same image through the four decoder layers: each layer refines the boxes of the one
-# before. MS-DETR's candidates should tighten earlier.
+# before. The paper's claim to check: MS-DETR's candidates tighten earlier.
 
 # %%
 img, t = samples[0]
@@ -99,9 +103,9 @@ panel
 # ## 4. Candidate quality per decoder layer, over the validation set
 # `analysis.candidate_quality_over_loader` measures, class-agnostically and per layer: the
 # best IoU any query reaches per GT, how many queries overlap each GT at IoU 0.5 / 0.7, the
-# recall of the top-20 queries, and the duplicates among confident queries. Expect MS-DETR
-# higher on the first rows (more good candidates per object), while duplicates stay low:
-# that is the o2o head's job, and it is still there.
+# recall of the top-20 queries, and the duplicates among confident queries (score > 0.3) on
+# an object a higher-scored query already claimed. The first measure the candidates, the
+# last the o2o head's de-duplication; the text under the table says what this run shows.
 
 # %%
 from torch.utils.data import DataLoader
@@ -115,7 +119,51 @@ stats = {name: analysis.candidate_quality_over_loader(m, loader, "cpu", topk=TOP
 viz.plot_candidate_quality(stats)
 
 # %%
-rows = [{"model": name, "layer": l + 1, **{k: round(v, 3) for k, v in layer.items()}}
+rows = [{"model": viz.scheme_label(name), "decoder layer": l + 1,
+         **{analysis.STAT_TITLES.get(k, k): round(v, 3) for k, v in layer.items()}}
         for name, st in stats.items() for l, layer in enumerate(st["layers"])]
 print(f"{stats['ms']['num_images']} images, {stats['ms']['num_gt']} GT boxes")
 display(Markdown(viz.markdown_table(rows)))
+
+
+def candidates_text(stats, fast):
+    m, b = stats["ms"]["layers"][-1], stats["o2o"]["layers"][-1]
+    def cmp(key, fmt):
+        word = "more" if m[key] > b[key] else ("as many" if m[key] == b[key] else "fewer")
+        return word, format(m[key], fmt), format(b[key], fmt)
+    w_iou = "better" if m["best_iou"] > b["best_iou"] else "no better"
+    w50, m50, b50 = cmp("num_iou50", ".1f")
+    wd, md, bd = cmp("duplicates", ".1f")
+    return (("(Fast mode: 2-step models, these numbers mean nothing.) " if fast else "")
+            + f"At the last decoder layer MS-DETR's candidates are {w_iou} placed (best IoU per GT "
+            f"{m['best_iou']:.3f} vs {b['best_iou']:.3f}), with {w50} queries at IoU >= 0.5 per GT ({m50} vs {b50}), "
+            f"and it keeps {wd} duplicates per image ({md} vs {bd}).")
+
+
+display(Markdown(candidates_text(stats, FAST)))
+
+# %% [markdown]
+# ## 5. What the candidates are worth: AP without and with NMS
+# Better candidates help only if the o2o head keeps one per object. Scoring the final
+# predictions with and without class-wise NMS (IoU 0.7) on the whole validation split says
+# how much AP each model loses to its duplicates.
+
+# %%
+nms_evals = {s: zoo.nms_evaluation(s, fast=FAST, nms_iou=NMS_IOU) for s in ("o2o", "ms")}
+display(Markdown(viz.markdown_table(report.nms_rows(nms_evals))))
+display(Markdown(report.describe_nms_comparison(nms_evals, "ms", "o2o", fast=FAST)))
+
+# %% [markdown]
+# ## Check yourself
+# `num_iou50` (queries with IoU >= 0.5 per GT) and `duplicates` both count queries on an
+# object. Why can a model be good at the first and bad at the second, and which one does the
+# o2m loss push up directly?
+#
+# <details><summary>Answer</summary>
+#
+# `num_iou50` counts every query with a good box, whatever its score; `duplicates` counts only
+# the *confident* extra ones. The o2m loss trains up to K queries per object to have a good box
+# **and** a high score, so it pushes both up; keeping the extra ones' scores low is the o2o
+# loss's job (one positive per object, "no object" for the rest). A model can have many good
+# boxes per object (good for the candidates) and still let several of them score high.
+# </details>

@@ -1,4 +1,5 @@
-"""End to end in a real browser: JupyterLab runs a notebook, and moving its K slider redraws the figure.
+"""End to end in a real browser: JupyterLab runs each interactive notebook, moving one of its
+sliders redraws the figure, and no table renders as raw pipes.
 
 Debian's chromium (driven by Playwright's sync API) opens a JupyterLab served on 127.0.0.1 (free
 port, random token) from a temp copy of notebooks/ (outputs stripped; the repo's other top-level
@@ -6,10 +7,13 @@ folders are symlinked next to it, so `../data` style paths still resolve). The k
 venv's python (checked on the kernel process). Each case runs all cells through Run > Run All
 Cells, waits for the kernel to go idle, saves the notebook and checks that no cell raised, then
 focuses the slider labelled K, presses ArrowRight and waits for the figure in that cell's output
-to change.
+to change. Before moving the slider it reads the rendered markdown (cells and outputs) and fails
+if a line still shows a table's raw `| a | b |` text (a table that did not render).
 
-Cases: `scratch` (a three-cell notebook written here: IntSlider K + matplotlib in an Output;
-it isolates the widget/browser stack from the notebook's own code) and `01_assignments`.
+Cases (notebook, slider label): `scratch` (a three-cell notebook written here: IntSlider K +
+matplotlib in an Output; it isolates the widget/browser stack from the notebook's own code),
+`00_tour` (top), `01_assignments` (K), `02_deformable_attention` (query (score rank)) and
+`04_candidate_quality` (top-k): every notebook with a panel.
 
 Screenshots, the executed notebooks, the browser console and the server log go to
 artifacts/browser/. Skips when /usr/bin/chromium or playwright is missing. About 35 s for both
@@ -175,20 +179,37 @@ def _save_and_check(page, lab_root: Path, notebook: str, expected: int, name: st
     return nb
 
 
-def _cell_of(page, slider):
+_RAW_TABLE_JS = """() => {
+    const bad = [];
+    for (const el of document.querySelectorAll('.jp-Notebook .jp-RenderedMarkdown, .jp-Notebook .jp-RenderedHTMLCommon')) {
+        for (const line of el.innerText.split('\\n')) {
+            const t = line.trim();
+            if (t.length > 2 && t.startsWith('|') && t.endsWith('|') && t.slice(1, -1).includes('|')) bad.push(t);
+        }
+    }
+    return bad;
+}"""
+
+
+def raw_pipe_lines(page) -> list[str]:
+    """Lines of rendered markdown that still read like a table's source (`| a | b |`)."""
+    return page.evaluate(_RAW_TABLE_JS)
+
+
+def _cell_of(page, slider, label: str):
     idx = slider.evaluate("""(s) => Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell'))
                                       .indexOf(s.closest('.jp-Cell'))""")
-    assert idx >= 0, "the K slider sits outside any notebook cell"
+    assert idx >= 0, f"the {label} slider sits outside any notebook cell"
     return page.locator(".jp-Notebook .jp-Cell").nth(idx)
 
 
-def _move_slider_and_check_redraw(page, name: str) -> None:
-    slider = slider_by_label(page, "K")
+def _move_slider_and_check_redraw(page, name: str, label: str = "K") -> None:
+    slider = slider_by_label(page, label)
     if slider is None:
         labels = page.evaluate("""() => Array.from(document.querySelectorAll('.jp-Notebook .widget-slider .widget-label'))
                                           .map(l => l.textContent.trim())""")
-        pytest.fail(f"no slider labelled K in the notebook (slider labels: {labels})")
-    cell = _cell_of(page, slider)
+        pytest.fail(f"no slider labelled {label!r} in the notebook (slider labels: {labels})")
+    cell = _cell_of(page, slider, label)
     outputs = cell.locator(".jp-Cell-outputArea")
     handle = slider.locator("[role=slider]").first
     slider.scroll_into_view_if_needed()
@@ -206,7 +227,7 @@ def _move_slider_and_check_redraw(page, name: str) -> None:
     while handle.get_attribute("aria-valuenow") == value and time.monotonic() < deadline:
         time.sleep(0.2)
     new_value = handle.get_attribute("aria-valuenow")
-    assert new_value != value, f"{key} on the K slider did not move it (still {value})"
+    assert new_value != value, f"{key} on the {label} slider did not move it (still {value})"
 
     # the figure: inline matplotlib PNGs (data: urls) in the cell's output; if there are none
     # (e.g. a canvas backend), compare screenshots of the output area instead
@@ -222,7 +243,7 @@ def _move_slider_and_check_redraw(page, name: str) -> None:
                 break
             time.sleep(0.5)
         outputs.screenshot(path=str(ARTIFACTS / f"{name}-4-after-slider.png"))
-        assert stable >= 2, (f"the figure did not change within {REDRAW_TIMEOUT:.0f}s of moving K "
+        assert stable >= 2, (f"the figure did not change within {REDRAW_TIMEOUT:.0f}s of moving {label} "
                              f"{value} -> {new_value} ({len(imgs_before)} image(s) before, {len(last or [])} after)")
     else:
         changed = False
@@ -230,16 +251,20 @@ def _move_slider_and_check_redraw(page, name: str) -> None:
             time.sleep(1.0)
             shot_after = outputs.screenshot(path=str(ARTIFACTS / f"{name}-4-after-slider.png"))
             changed = shot_after != shot_before
-        assert changed, f"the output area looks the same {REDRAW_TIMEOUT:.0f}s after moving K {value} -> {new_value}"
+        assert changed, f"the output area looks the same {REDRAW_TIMEOUT:.0f}s after moving {label} {value} -> {new_value}"
 
 
 # ---------------------------------------------------------------------------------------------
 
-CASES = [pytest.param(SCRATCH, id="scratch"), pytest.param(REAL_NOTEBOOK, id="01_assignments")]
+CASES = [pytest.param(SCRATCH, "K", id="scratch"),
+         pytest.param("00_tour.ipynb", "top", id="00_tour"),
+         pytest.param(REAL_NOTEBOOK, "K", id="01_assignments"),
+         pytest.param("02_deformable_attention.ipynb", "query (score rank)", id="02_deformable_attention"),
+         pytest.param("04_candidate_quality.ipynb", "top-k", id="04_candidate_quality")]
 
 
-@pytest.mark.parametrize("notebook", CASES)
-def test_k_slider_redraws_figure(page, lab_server, lab_root, notebook, request):
+@pytest.mark.parametrize("notebook, label", CASES)
+def test_slider_redraws_figure(page, lab_server, lab_root, notebook, label, request):
     name = request.node.callspec.id
     path = lab_root / notebook
     assert path.exists(), f"notebooks/{notebook} is missing"
@@ -254,7 +279,9 @@ def test_k_slider_redraws_figure(page, lab_server, lab_root, notebook, request):
         assert len(final) == total, f"{len(final)} code cells in the DOM, {total} in the notebook (windowing on?)"
         _shot(page, f"{name}-2-ran")
         _save_and_check(page, lab_root, notebook, expected, name)
-        _move_slider_and_check_redraw(page, name)
+        raw = raw_pipe_lines(page)
+        assert not raw, f"{notebook}: tables shown as raw pipes:\n" + "\n".join(raw[:10])
+        _move_slider_and_check_redraw(page, name, label)
         _shot(page, f"{name}-5-done")
     except BaseException:
         try:

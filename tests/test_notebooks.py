@@ -91,6 +91,30 @@ def test_assignments_notebook_has_k_slider():
     assert '"K": _slider("K"' in inspect.getsource(widgets.assignment_panel)
 
 
+def _markdown_cells(name: str) -> str:
+    return "\n".join("".join(c["source"]) for c in _load(name)["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_markdown_tables_render_and_exercise(name):
+    """Every table written in a markdown cell renders, and each notebook ends with a "check
+    yourself" exercise whose answer is hidden in a <details> block."""
+    from msdetr_lite.viz import table_renders
+    text = _markdown_cells(name)
+    assert table_renders(text)
+    assert "## Check yourself" in text and "<details><summary>Answer</summary>" in text and "</details>" in text
+
+
+def test_mixed_supervision_notebook_exposes_the_tap_and_the_papers_figures():
+    nb = _load("03_mixed_supervision_training.ipynb")
+    params = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    assert 'O2M_TAP = "after_ca"' in "".join(params["source"])
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    for call in ("viz.plot_tap_placements(O2M_TAP)", "viz.plot_o2o_losses(", "zoo.nms_evaluation(",
+                 "report.describe_nms_comparison(", "viz.plot_regime(", "report.benchmark_costs()"):
+        assert call in code, f"03 lacks {call}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_in_fast_mode(name, monkeypatch):
@@ -116,6 +140,14 @@ def test_notebook_runs_in_fast_mode(name, monkeypatch):
     assert not errors
     images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, f"{name} drew no figure"
+    # every markdown output (tables, generated text) renders: no table would show as raw pipes
+    from msdetr_lite.report import FAST_NOTICE
+    from msdetr_lite.viz import table_renders
+    markdown = ["".join(o["data"]["text/markdown"]) for c in code for o in c.get("outputs", [])
+                if "text/markdown" in o.get("data", {})]
+    broken = [m for m in markdown if not table_renders(m)]
+    assert not broken, f"{name}: tables that would render as raw pipes:\n" + "\n\n".join(broken)
+    assert any(FAST_NOTICE in m for m in markdown), f"{name} does not say on screen that fast-mode numbers are meaningless"
     widgets_shown = [o for c in code for o in c.get("outputs", [])
                      if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     if name in ("00_tour.ipynb", "01_assignments.ipynb", "02_deformable_attention.ipynb", "04_candidate_quality.ipynb"):
