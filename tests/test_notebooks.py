@@ -152,3 +152,21 @@ def test_notebook_runs_in_fast_mode(name, monkeypatch):
                      if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     if name in ("00_tour.ipynb", "01_assignments.ipynb", "02_deformable_attention.ipynb", "04_candidate_quality.ipynb"):
         assert widgets_shown, f"{name} shows no interactive panel"
+
+
+@pytest.mark.slow
+def test_render_writes_html_and_a_readable_thumbnail(tmp_path, monkeypatch):
+    """`python -m msdetr_lite.zoo render` on one notebook (fast mode, into tmp folders): the HTML
+    export carries the executed outputs, the README thumbnail is at least 800 px wide."""
+    from PIL import Image
+
+    from msdetr_lite import zoo
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    res = zoo.render(fast=True, html_dir=tmp_path / "html", image_dir=tmp_path / "images",
+                     names=["03_mixed_supervision_training"])
+    html = (tmp_path / "html" / "03_mixed_supervision_training.html").read_text()
+    assert res["mode"] == "fast" and res["html"] and "data:image/png;base64" in html
+    assert "Fast mode" in html and "plot_tap_placements" in html
+    with Image.open(tmp_path / "images" / "03_mixed_supervision_training.png") as im:
+        assert im.size[0] >= 800
+    assert json.loads((tmp_path / "html" / "render.json").read_text())["seconds"]["03_mixed_supervision_training"] > 0

@@ -28,7 +28,7 @@ TAP_TITLES = {None: "None: o2o only (baseline)", "after_ca": "after_ca: Fig. 4(c
 BLOCK_NAMES = {"SA": "self-attention", "CA": "cross-attention", "FFN": "FFN"}
 
 
-def _block(ax, x: float, y: float, text: str, color: str = "#e8e8e8", w: float = 0.56, h: float = 0.13):
+def _block(ax, x: float, y: float, text: str, color: str = "#e8e8e8", w: float = 0.52, h: float = 0.13):
     ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.01,rounding_size=0.03",
                                 facecolor=color, edgecolor="black", linewidth=1.0))
     ax.text(x, y, text, ha="center", va="center", fontsize=9)
@@ -49,18 +49,18 @@ def draw_tap(ax, tap: Optional[str], highlight: bool = False) -> None:
     ax.set_ylim(0, 1)
     ax.set_axis_off()
     ys = (0.28, 0.50, 0.72)
-    ax.text(0.38, 0.05, "query in", ha="center", va="center", fontsize=9)
-    _arrow(ax, (0.38, 0.09), (0.38, ys[0] - 0.065))
+    ax.text(0.34, 0.05, "query in", ha="center", va="center", fontsize=9)
+    _arrow(ax, (0.34, 0.09), (0.34, ys[0] - 0.065))
     for i, (block, y) in enumerate(zip(order, ys)):
-        _block(ax, 0.38, y, BLOCK_NAMES[block])
+        _block(ax, 0.34, y, BLOCK_NAMES[block])
         if i + 1 < len(ys):
-            _arrow(ax, (0.38, y + 0.065), (0.38, ys[i + 1] - 0.065))
-    _arrow(ax, (0.38, ys[-1] + 0.065), (0.38, 0.92), color=O2O_COLOR, lw=1.8)
-    ax.text(0.38, 0.96, "o2o heads, next layer", ha="center", va="center", fontsize=9, color=O2O_COLOR)
+            _arrow(ax, (0.34, y + 0.065), (0.34, ys[i + 1] - 0.065))
+    _arrow(ax, (0.34, ys[-1] + 0.065), (0.34, 0.92), color=O2O_COLOR, lw=1.8)
+    ax.text(0.34, 0.96, "o2o heads, next layer", ha="center", va="center", fontsize=9, color=O2O_COLOR)
     if tap_after is not None:
         y = ys[tap_after] + 0.11 if tap_after < len(ys) - 1 else ys[-1] + 0.11
-        _arrow(ax, (0.38, y), (0.80, y), color=O2M_COLOR, lw=1.8)
-        ax.text(0.82, y, "o2m\nheads", ha="left", va="center", fontsize=9, color=O2M_COLOR)
+        _arrow(ax, (0.34, y), (0.70, y), color=O2M_COLOR, lw=1.8)
+        ax.text(0.72, y, "o2m\nheads", ha="left", va="center", fontsize=9, color=O2M_COLOR)
     ax.set_title(TAP_TITLES[tap], fontsize=10, fontweight="bold" if highlight else "normal")
     if highlight:
         ax.add_patch(FancyBboxPatch((0.02, 0.01), 0.96, 0.98, boxstyle="round,pad=0.0,rounding_size=0.02",
