@@ -51,4 +51,8 @@ void check_cuda_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes
                        const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                        const at::Tensor& attention_weights);
 
+// TORCH_CHECKs of a backward's grad_output: contiguous [N, Lq, M * D] on value's device and dtype.
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
+                       const at::Tensor& sampling_locations);
+
 }  // namespace msdetr_lite

@@ -106,6 +106,15 @@ void check_cuda_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes
               "sampling_locations and attention_weights must have the dtype of value");
 }
 
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
+                       const at::Tensor& sampling_locations) {
+  TORCH_CHECK(grad_output.is_contiguous() && grad_output.device() == value.device() &&
+                  grad_output.scalar_type() == value.scalar_type(),
+              "grad_output must be contiguous, on the device and of the dtype of value");
+  TORCH_CHECK(grad_output.numel() == value.size(0) * sampling_locations.size(1) * value.size(2) * value.size(3),
+              "grad_output must be [N, Lq, M * D]");
+}
+
 at::Tensor ms_deform_attn_cuda_forward(const at::Tensor& value,
                                        const at::Tensor& spatial_shapes,
                                        const at::Tensor& level_start_index,
@@ -138,14 +147,11 @@ std::vector<at::Tensor> ms_deform_attn_cuda_backward(const at::Tensor& value,
                                                      const at::Tensor& attention_weights,
                                                      const at::Tensor& grad_output) {
   check_cuda_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  TORCH_CHECK(grad_output.is_contiguous() && grad_output.device() == value.device() &&
-                  grad_output.scalar_type() == value.scalar_type(),
-              "grad_output must be contiguous, on the device and of the dtype of value");
+  check_grad_output(grad_output, value, sampling_locations);
   const c10::cuda::CUDAGuard guard(value.device());
   const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
   const int64_t Lq = sampling_locations.size(1), L = sampling_locations.size(3),
                 P = sampling_locations.size(4);
-  TORCH_CHECK(grad_output.numel() == N * Lq * M * D, "grad_output must be [N, Lq, M * D]");
   const MSDAShape shape{N, S, M, D, Lq, L, P};
 
   at::Tensor grad_sampling_locations = at::empty_like(sampling_locations);

@@ -274,12 +274,9 @@ std::vector<at::Tensor> ms_deform_attn_cuda_backward_v2(const at::Tensor& value,
                                                         const at::Tensor& attention_weights,
                                                         const at::Tensor& grad_output) {
   check_cuda_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  TORCH_CHECK(grad_output.is_contiguous() && grad_output.device() == value.device() &&
-                  grad_output.scalar_type() == value.scalar_type(),
-              "grad_output must be contiguous, on the device and of the dtype of value");
+  check_grad_output(grad_output, value, sampling_locations);
   const c10::cuda::CUDAGuard guard(value.device());
   const MSDAShape sh = shape_of(value, sampling_locations);
-  TORCH_CHECK(grad_output.numel() == sh.N * sh.Lq * sh.M * sh.D, "grad_output must be [N, Lq, M * D]");
 
   at::Tensor grad_sampling_locations = at::empty_like(sampling_locations);
   at::Tensor grad_attention_weights = at::empty_like(attention_weights);
