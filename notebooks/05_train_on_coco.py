@@ -133,7 +133,9 @@ schedule = (["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=
 if COCO_ROOT and not FAST:
     schedule = []                       # the preset's full schedule
 device = [] if torch.cuda.is_available() else ["train.device=cpu", "data.num_workers=0"]
-cmd = [sys.executable, "-m", "msdetr_lite", "train", "--preset", PRESET, "--no-progress", *data_args,
+# --overwrite: this cell retrains from scratch each time it runs (a folder that holds a run is
+# otherwise left alone; --resume would continue it instead)
+cmd = [sys.executable, "-m", "msdetr_lite", "train", "--preset", PRESET, "--no-progress", "--overwrite", *data_args,
        *schedule, *device, f"train.output_dir={OUTPUT_DIR}"]
 print("$ msdetr", shlex.join(cmd[3:]))
 t0 = time.perf_counter()
