@@ -143,3 +143,12 @@ def test_json_round_trip_and_plot(tmp_path):
     assert list(axes[0].lines[0].get_xdata()) == [1, 2]
     with pytest.raises(ValueError, match="unknown statistic"):
         plot_candidate_quality({"a": base}, stats=["nope"])
+
+
+def test_stat_titles_name_every_statistic_with_its_unit():
+    """Tables and plots show these instead of raw keys: one per statistic, with its unit in
+    parentheses, and no '@' (markdown renderers turn 'recall@0.5' into a mail link)."""
+    from msdetr_lite.analysis import STAT_NAMES, STAT_TITLES
+    assert set(STAT_TITLES) == set(STAT_NAMES)
+    for name, title in STAT_TITLES.items():
+        assert title != name and "@" not in title and title.endswith(")") and "(" in title, title
