@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast test-gpu demo lab data notebooks bench regime clean-venv
+.PHONY: venv test test-fast test-gpu demo lab data notebooks zoo render bench regime clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,14 @@ lab: $(STAMP)
 notebooks: $(STAMP)
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/0*.py
 	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/0*.ipynb
+
+# the notebooks' four models at the demo's recipe, built once (about 25 min on 2 cores)
+zoo: $(STAMP)
+	$(PY) -m msdetr_lite.zoo build
+
+# every notebook in full mode: HTML under docs/notebooks/, README thumbnails under docs/images/
+render: zoo
+	$(PY) -m msdetr_lite.zoo render
 
 data: $(STAMP)
 	$(PY) -m msdetr_lite data shapes --out data/shapes

@@ -221,6 +221,7 @@ def main(argv=None) -> dict:
                       statistic="median", timer="torch.utils.benchmark.Timer",
                       calls_per_sample={d: kernel_bench.calls_per_sample(d) for d in devices}),
         copy_bandwidth_gbs=bandwidth,
+        machine=kernel_bench.describe_machine(),
         environment=dict(torch=torch.__version__, numba=numba.__version__, python=platform.python_version(),
                          cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),
                          gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None),

@@ -302,8 +302,9 @@ def main(argv=None) -> int:
           "(CUDA only); readbacks: the criterion's Tensor.cpu/.item/.tolist/int/float/bool calls per step")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from msdetr_lite.kernel_bench import describe_machine
     out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "worker"},
-                               "results": results}, indent=2) + "\n")
+                               "machine": describe_machine(), "results": results}, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0
 

@@ -37,6 +37,24 @@ SHAPE_SETS = {"small": ("encoder", "decoder"),
               "paper": ("paper_encoder", "paper_decoder_300", "paper_decoder_900")}
 
 
+def describe_machine() -> str:
+    """The machine a benchmark ran on, for its JSON and captions: CPU model and cores, and the
+    GPU's name when CUDA is available, e.g. "Intel(R) Xeon(R) Processor, 2 cores; NVIDIA H200"."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f"; {torch.cuda.get_device_name()}"
+    return text
+
+
 def level_shapes(image_hw: Sequence[int], n_levels: int = 4) -> list[tuple[int, int]]:
     """(H, W) of the feature levels of an image: strides 8, 16, 32, 64, rounded up."""
     h, w = int(image_hw[0]), int(image_hw[1])

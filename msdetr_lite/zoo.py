@@ -61,7 +61,9 @@ SCHEDULES = {
              "train.seed=42", "data.max_images=0", "train.log_every=10", "data.num_workers=0"],
 }
 # the sources whose changes make cached weights stale
-_CODE = ("config.py", "engine.py", "losses.py", "matching.py", "ops.py", "models", "data")
+# the sources a trained run depends on: a change to any of them retrains the cached models
+_CODE = ("config.py", "engine.py", "distributed.py", "optim.py", "rundir.py", "checkpoint.py", "losses", "matching",
+         "ops.py", "models", "data")
 
 __all__ = ["fast_mode", "default_threads", "mode_name", "thumbnail_dir", "build", "render", "zoo_root", "ensure_data", "zoo_config", "run_dir", "get_checkpoint",
            "list_checkpoints", "load_model", "history", "evaluation", "nms_evaluation", "run_info", "efficiency_rows",

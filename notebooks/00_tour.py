@@ -247,10 +247,11 @@ fig
 # |---|---|
 # | `msdetr_lite/config.py` | presets `tiny` / `r50`, `section.field=value` overrides |
 # | `msdetr_lite/models/` | backbone, deformable encoder / decoder with the o2m tap, `build_model` |
-# | `msdetr_lite/matching.py` | `one_to_one` (Hungarian), `one_to_many` (MS-DETR's top-K), step by step |
-# | `msdetr_lite/losses.py` | `SetCriterion`: focal / L1 / GIoU per branch and decoder layer |
+# | `msdetr_lite/matching/` | `one_to_one` (Hungarian), `one_to_many` (MS-DETR's top-K), step by step; the batched path training uses |
+# | `msdetr_lite/losses/` | `SetCriterion`: focal / L1 / GIoU per branch and decoder layer |
 # | `msdetr_lite/ops.py`, `kernels/` | `ms_deform_attn` with torch / numba / CUDA backends |
-# | `msdetr_lite/engine.py` | training loop, checkpoints, resume, DDP |
+# | `msdetr_lite/engine.py` | the training loop; beside it `optim.py`, `distributed.py` (DDP), `rundir.py`, `checkpoint.py` |
+# | `msdetr_lite/regime.py` | the regime study: where MS-DETR beats o2o, NMS-free and with NMS |
 # | `msdetr_lite/evaluation.py`, `analysis.py` | COCO AP per decoder layer, candidate quality |
 # | `msdetr_lite/viz/`, `widgets.py`, `zoo.py` | drawing (one palette), interactive panels, cached notebook runs |
 # | `msdetr_lite/runs.py` | reading a run folder: config, losses per step and epoch, evaluations |

@@ -31,7 +31,7 @@ def test_kernels_bench_writes_table_and_json(tmp_path):
         assert r["max_abs_diff_vs_reference"] < 1e-4
         assert r["ideal_bytes_forward_backward"] > r["ideal_bytes_forward"] > 0
         assert r["forward_x_floor"] > 0 and r["forward_backward_x_floor"] > 0
-    assert result["copy_bandwidth_gbs"]["cpu"] > 0
+    assert result["copy_bandwidth_gbs"]["cpu"] > 0 and "cores" in result["machine"]
     assert "x floor" in text and "decoder" in text
 
 
@@ -74,6 +74,7 @@ def test_overhead_bench_two_schemes(tmp_path):
     assert all(r["criterion_readbacks"] >= 1 for r in result)
     assert all((r["host_syncs_step"] is None) == (r["device"] == "cpu") for r in result)
     assert "crit %" in text and "readbacks" in text
+    assert "cores" in json.loads(out.read_text())["machine"]
 
     ref = tmp_path / "overhead_reference.json"
     _run("overhead.py", "--schemes", "ms", "--steps", "1", "--warmup", "0", "--batch", "2", "--image-size", "96",
