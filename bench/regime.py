@@ -89,7 +89,9 @@ def report(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cells = {n: {"overrides": list(regime.CELLS[n].overrides), "question": regime.CELLS[n].question,
                  "only": regime.CELLS[n].only} for n in args.cells}
-    out.write_text(json.dumps({"base_overrides": list(regime.BASE_OVERRIDES), "nms_iou": regime.NMS_IOU,
+    from msdetr_lite.kernel_bench import describe_machine
+    out.write_text(json.dumps({"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
+                               "base_overrides": list(regime.BASE_OVERRIDES), "nms_iou": regime.NMS_IOU,
                                "cells": cells, "summary": summary, "runs": records}, indent=2) + "\n")
     plot = out.with_suffix(".png")
     regime.plot_study(summary, plot)

@@ -175,7 +175,8 @@ if study is None:
                      "Run `make regime` (about two hours on a 2-core CPU, resumable: finished runs are kept), "
                      "then rerun this cell."))
 else:
-    display(Markdown(report.describe_regime(study)))
+    display(Markdown(f"From `{Path(study['path']).relative_to(zoo.PROJECT_ROOT)}`, measured on "
+                     f"{study.get('machine', 'a machine the file does not name')}. " + report.describe_regime(study)))
     display(viz.plot_regime(study["summary"], study["nms_iou"]))
 
 # %% [markdown]

@@ -81,3 +81,17 @@ def test_bench_regime_end_to_end_and_resumable(tmp_path):
 
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and again.stdout.count(": done") == 3
+
+
+def test_load_regime_prefers_your_run_then_the_committed_measurement(tmp_path, monkeypatch):
+    from msdetr_lite import report
+    mine, measured = tmp_path / "bench" / "regime.json", tmp_path / "docs" / "regime.json"
+    monkeypatch.setattr(report, "REGIME_JSON", mine)
+    monkeypatch.setattr(report, "REGIME_MEASURED_JSON", measured)
+    assert report.load_regime() is None
+    measured.parent.mkdir(parents=True)
+    measured.write_text(json.dumps({"machine": "m", "summary": []}))
+    assert report.load_regime() == {"machine": "m", "summary": [], "path": str(measured)}
+    mine.parent.mkdir(parents=True)
+    mine.write_text(json.dumps({"summary": [1]}))
+    assert report.load_regime()["path"] == str(mine)
