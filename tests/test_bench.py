@@ -103,3 +103,20 @@ def test_convergence_bench_runs_and_reuses_finished_runs(tmp_path):
     before = (tmp_path / "runs" / "ms_s0" / "final.pth").stat().st_mtime_ns
     _run("convergence.py", *args)                                    # finished runs are reused
     assert (tmp_path / "runs" / "ms_s0" / "final.pth").stat().st_mtime_ns == before
+
+
+def test_epoch_bench_times_one_epoch_per_scheme(tmp_path):
+    from msdetr_lite.data.synthetic import generate
+    data = tmp_path / "shapes"
+    generate(data, n_train=4, n_val=2, image_size=64, seed=3)
+    out = tmp_path / "epoch.json"
+    text = _run("epoch.py", "--steps", "2", "--json", str(out), f"data.root={data}", "data.train_scales=(64,)",
+                "data.val_size=64", "data.max_size=96", "data.num_workers=0", "model.num_encoder_layers=1",
+                "model.num_decoder_layers=2", "model.d_model=32", "model.nheads=4", "model.n_points=2",
+                "model.dim_feedforward=64", "model.num_queries=20", "model.deform_backend=torch",
+                "train.batch_size=2", "train.device=cpu")
+    result = json.loads(out.read_text())
+    rows = {r["scheme"]: r for r in result["results"]}
+    assert set(rows) == {"o2o", "ms"} and rows["o2o"]["time_ratio"] == 1.0
+    assert all(r["steps"] == 2 and r["epoch_s"] > 0 and r["step_ms"] > 0 for r in rows.values())
+    assert "cores" in result["machine"] and "x o2o" in text
