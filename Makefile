@@ -53,6 +53,7 @@ data: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/kernels.py
 	$(PY) bench/overhead.py
+	$(PY) bench/epoch.py
 
 # where MS-DETR beats o2o, NMS-free and with NMS (resumable; several sittings on a CPU)
 regime: $(STAMP)
