@@ -163,18 +163,23 @@ EXPORT(float, f32)
 """
 
 
-@pytest.fixture(scope="module")
-def host_kernels(tmp_path_factory):
+def _build_host_harness(tmp_path_factory, name: str, source: str):
+    """Compile a host harness of the kernels' header math with nvcc into a shared library."""
     import ctypes
 
     from msdetr_lite.kernels import cuda_loader
 
-    folder = tmp_path_factory.mktemp("msda_host")
-    (folder / "harness.cu").write_text(HARNESS)
-    lib = folder / "harness.so"
+    folder = tmp_path_factory.mktemp(f"msda_{name}")
+    (folder / f"{name}.cu").write_text(source)
+    lib = folder / f"{name}.so"
     _run([NVCC, "-shared", "-std=c++17", "--compiler-options", "-fPIC", "-O2", f"-I{cuda_loader.include_dir()}",
-          folder / "harness.cu", "-o", lib])
+          folder / f"{name}.cu", "-o", lib])
     return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    return _build_host_harness(tmp_path_factory, "harness", HARNESS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -299,16 +304,7 @@ extern "C" bool uses_chunks(int64_t groups, int64_t D, int widest, int64_t resid
 
 @pytest.fixture(scope="module")
 def host_kernels_v2(tmp_path_factory):
-    import ctypes
-
-    from msdetr_lite.kernels import cuda_loader
-
-    folder = tmp_path_factory.mktemp("msda_host_v2")
-    (folder / "harness_v2.cu").write_text(HARNESS_V2)
-    lib = folder / "harness_v2.so"
-    _run([NVCC, "-shared", "-std=c++17", "--compiler-options", "-fPIC", "-O2", f"-I{cuda_loader.include_dir()}",
-          folder / "harness_v2.cu", "-o", lib])
-    return ctypes.CDLL(str(lib))
+    return _build_host_harness(tmp_path_factory, "harness_v2", HARNESS_V2)
 
 
 def test_v2_group_lanes_are_powers_of_two_up_to_a_warp(host_kernels_v2):
