@@ -281,6 +281,13 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path,
 
 
 # ---------------------------------------------------------------- the demo
+def _finished_with(run_dir: Path, cfg) -> bool:
+    """Whether run_dir holds a finished run (eval.json) trained with exactly `cfg`."""
+    if not (run_dir / "eval.json").is_file() or not (run_dir / "config.json").is_file():
+        return False
+    return json.loads((run_dir / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
+
+
 def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_root: str = "data/shapes",
              preset_name: str = "tiny", seed: int = 42, overrides: Sequence[str] = (),
              progress: bool = True) -> dict:
@@ -310,9 +317,13 @@ def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_r
         if epochs is not None:
             opts += [f"train.epochs={epochs}", f"train.lr_drop={max(1, epochs - 1)}"]
         cfg = apply_overrides(cfg, opts)
-        print(f"demo: training {sup} ({cfg.train.epochs} epochs)")
-        train(cfg, progress=progress)
         runs[sup] = out / sup
+        if _finished_with(runs[sup], cfg):
+            print(f"demo: {sup} already trained with this configuration in {runs[sup]}, reused")
+            continue
+        print(f"demo: training {sup} ({cfg.train.epochs} epochs)")
+        # the demo owns its --out folder: a run there with another configuration is replaced
+        train(cfg, progress=progress, overwrite=True)
     cmp = compare_runs([runs["ms"], runs["o2o"]], out, labels=["MS-DETR (ms)", "baseline (o2o)"])
 
     # candidate quality and detections of both trained models on the val set

@@ -171,3 +171,20 @@ def test_data_train_eval_compare_end_to_end(tmp_path, capsys):
     assert [s["supervision"] for s in summary] == ["ms", "o2o"]
     assert all(len(s["AP_per_layer"]) == 2 and s["time_per_epoch_s"] > 0 for s in summary)
     assert "| model | AP |" in (cmp_dir / "summary.md").read_text()
+
+
+def test_demo_twice_reuses_its_finished_runs(tmp_path, capsys):
+    """`make demo` run again does not stop at the run-folder guard: runs trained with the same
+    configuration are reused, and the report is written again."""
+    from msdetr_lite.data.synthetic import generate
+    data = tmp_path / "shapes"
+    generate(data, n_train=4, n_val=2, image_size=64, seed=3)
+    # d_model 64: the detection grid runs single images, and GroupNorm(32 groups) of a 1x1 level
+    # needs two channels per group
+    args = ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--data", str(data), *MICRO, "model.d_model=64"]
+    assert cli.main(args) == 0
+    first = (tmp_path / "demo" / "ms" / "final.pth").stat().st_mtime_ns
+    assert cli.main(args) == 0
+    assert (tmp_path / "demo" / "ms" / "final.pth").stat().st_mtime_ns == first
+    assert "already trained with this configuration" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "report.md").is_file()
