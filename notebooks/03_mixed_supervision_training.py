@@ -192,8 +192,8 @@ if costs is not None:
     display(Markdown(costs["caption"]))
     display(Markdown(viz.markdown_table(costs["rows"])))
 else:
-    display(Markdown("**No benchmark file**: `bench/results/overhead.json` is missing; `python bench/overhead.py` "
-                     "writes it. Below, the zoo trainings' own logs"
+    display(Markdown("**No benchmark file**: neither `bench/results/overhead.json` (yours: `python bench/overhead.py` "
+                     "writes it) nor the committed `docs/results/overhead.json` is there. Below, the zoo trainings' own logs"
                      + (": **not meaningful in fast mode** (two steps, all warm-up), shown only so the cell runs."
                         if FAST else " (one run per scheme on a shared CPU: read the ratios, not the decimals).")))
     rows = zoo.efficiency_rows(SCHEMES, fast=FAST)

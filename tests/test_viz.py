@@ -446,6 +446,14 @@ def test_benchmark_costs_and_regime_text(tmp_path):
     assert costs["rows"][1]["queries in training"] == "100+150"
     assert "device `cpu`" in costs["caption"] and "does not name the machine" in costs["caption"]
     assert "3 round(s)" in costs["caption"] and "after 3 warm-up" in costs["caption"]
+    # without a path: your own bench/results run first, else the committed measurement
+    import pytest
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "OVERHEAD_JSON", tmp_path / "yours.json")
+        mp.setattr(report, "OVERHEAD_MEASURED_JSON", path)
+        assert report.benchmark_costs()["rows"] == costs["rows"]
+        mp.setattr(report, "OVERHEAD_MEASURED_JSON", tmp_path / "none.json")
+        assert report.benchmark_costs() is None
     assert report.load_regime(tmp_path / "regime.json") is None
     d = lambda ap, nms: {"AP": {"mean": ap, "spread": 0.01, "n": 2}, "AP_nms": {"mean": nms, "spread": 0.01, "n": 2}}
     study = {"nms_iou": 0.7, "summary": [{"cell": "demo", "delta": {"ms": d(-0.1, 0.05)}},
