@@ -183,6 +183,30 @@ def describe_regime(study: Mapping, scheme: str = "ms", goal: float = 2.0) -> st
             f"{names(cells('AP_nms', lambda d: d < 0))}.")
 
 
+def regime_rows(study: Mapping) -> list[dict]:
+    """One table row per (cell, scheme) of a regime study, AP x100: what the cell asks, seeds,
+    AP and AP with NMS (mean over seeds), duplicates per image, and the difference to o2o paired
+    by seed (mean +- half the spread over seeds; "-" for o2o itself). The question is given on
+    the cell's first row only."""
+    questions = {name: c.get("question", "") for name, c in study.get("cells", {}).items()}
+
+    def pm(d: Optional[Mapping]) -> str:
+        return "-" if not d else f"{100 * d['mean']:+.1f} +- {50 * d['spread']:.1f}"
+
+    rows = []
+    for e in study.get("summary", []):
+        for scheme, s in e["schemes"].items():
+            d = e.get("delta", {}).get(scheme, {})
+            first = not rows or rows[-1]["cell"] != e["cell"]           # the question once per cell
+            rows.append({"cell": e["cell"], "what it asks": questions.get(e["cell"], "") if first else "",
+                         "scheme": scheme,
+                         "seeds": s["AP"]["n"], "AP": f"{100 * s['AP']['mean']:.1f}",
+                         "AP, NMS": f"{100 * s['AP_nms']['mean']:.1f}",
+                         "duplicates / image": f"{s['duplicates']['mean']:.1f}",
+                         "AP - o2o": pm(d.get("AP")), "AP - o2o, NMS": pm(d.get("AP_nms"))})
+    return rows
+
+
 # ---------------------------------------------------------------- costs from the benchmark
 OVERHEAD_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "overhead.json"
 # bench/overhead.py's JSON as measured for this repository (committed with its machine)

@@ -178,6 +178,7 @@ else:
     display(Markdown(f"From `{Path(study['path']).relative_to(zoo.PROJECT_ROOT)}`, measured on "
                      f"{study.get('machine', 'a machine the file does not name')}. " + report.describe_regime(study)))
     display(viz.plot_regime(study["summary"], study["nms_iou"]))
+    display(Markdown(viz.markdown_table(report.regime_rows(study))))
 
 # %% [markdown]
 # ## 6. What it costs: time and memory
