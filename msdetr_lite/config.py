@@ -104,6 +104,10 @@ class LossConfig:
     hybrid_k: int = 6                     # H-DETR repeats each GT K times
     hybrid_weight: float = 1.0            # H-DETR's one-to-many loss weight
     group_weight: float = 1.0             # weight of each extra Group-DETR group
+    # A departure from the method, off by default (0): the o2m branch's losses count only up to
+    # this epoch; later epochs train the o2o branch alone, so it can learn to suppress the
+    # duplicates that o2m supervision creates (the regime study's `o2m_off_last` cell).
+    o2m_last_epoch: int = 0
 
 
 @dataclass
@@ -256,7 +260,7 @@ _RULES: dict[str, dict[str, Rule]] = {
                 "max_pos_fraction": _fraction},
     "loss": {"focal_alpha": _in_range(0, 1), "hybrid_k": _at_least(1),
              **{f.name: _NON_NEGATIVE for f in dataclasses.fields(LossConfig)
-                if f.name not in ("focal_alpha", "hybrid_k", "iou_aware")}},
+                if f.name not in ("focal_alpha", "hybrid_k", "iou_aware")}},   # o2m_last_epoch: >= 0
     "data": {"root": _not_empty, "train_split": _not_empty, "val_split": _not_empty,
              "train_scales": _scales, "val_size": _at_least(1), "max_size": _at_least(1),
              "num_workers": _NON_NEGATIVE, "max_images": _NON_NEGATIVE},

@@ -503,5 +503,7 @@ def _start_epoch(run: Run, epoch: int) -> None:
     run.matcher_gen.manual_seed(s + 1)
     run.loader_gen.manual_seed(s + 2)
     run.sampler.set_epoch(epoch)                 # shuffle with seed + epoch, same on all ranks
+    last = run.cfg.loss.o2m_last_epoch           # epochs count from 1 in the config, from 0 here
+    run.criterion.o2m_scale = 0.0 if last and epoch >= last else 1.0
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)

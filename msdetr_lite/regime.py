@@ -50,6 +50,13 @@ CELLS: dict[str, Cell] = {
     "tap_after_sa": Cell(("model.o2m_tap=after_sa",),
                          "o2m tapped after self-attention (Fig. 4(d)): the o2o stream keeps the plain "
                          "SA -> CA -> FFN order", only=("ms",)),
+    "tap_output": Cell(("model.o2m_tap=output",),
+                       "o2m on the layer output with its own class heads (Fig. 4(a)): the o2o class "
+                       "head is no longer asked to score K queries per object high", only=("ms",)),
+    "o2m_off_last": Cell(("loss.o2m_last_epoch=3",),
+                         "o2m supervision in epochs 1-3 only, the o2o branch alone in the last epoch (after "
+                         "the lr drop): a departure (loss.o2m_last_epoch) that asks whether the o2o branch then "
+                         "learns to suppress the duplicates", only=("ms",)),
     "dec6": Cell(("model.num_decoder_layers=6",), "6 decoder layers, the paper's depth: more layers to de-duplicate"),
     "q50": Cell(("model.num_queries=50", "model.hybrid_num_queries=75"),
                 "50 queries instead of 100: fewer candidates per object to suppress"),

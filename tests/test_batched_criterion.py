@@ -293,3 +293,25 @@ def test_bad_labels_and_group_sizes_raise_clear_errors():
     outputs["o2m"] = [make_branch(make_targets((2,)), Q + 1)]
     with pytest.raises(ValueError, match="group_num"):
         criterion("group", True)(outputs, make_targets((2,)))
+
+
+@pytest.mark.parametrize("supervision", ["ms", "hybrid", "group"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_o2m_switched_off_keeps_its_terms_at_zero(supervision, batched):
+    """LossConfig.o2m_last_epoch: after that epoch the engine sets o2m_scale = 0; the o2m terms
+    stay in the dict (the same names every step) at zero, and no gradient flows into o2m outputs."""
+    targets = make_targets(seed=13)
+    on = criterion(supervision, batched)(make_outputs(supervision, targets, seed=13), targets)
+    crit = criterion(supervision, batched)
+    crit.o2m_scale = 0.0
+    outputs = make_outputs(supervision, targets, seed=13)
+    off = crit(outputs, targets)
+    assert set(off) == set(on)
+    o2m = [k for k in off if "_o2m_" in k]
+    assert o2m and all(off[k].item() == 0.0 for k in o2m) and any(on[k].item() > 0 for k in o2m)
+    for k in off:
+        if "_o2m_" not in k and k != "loss":
+            assert off[k].item() == on[k].item(), k
+    torch.testing.assert_close(off["loss"], sum(v for k, v in on.items() if "_o2m_" not in k and k != "loss"))
+    off["loss"].backward()
+    assert all(p[k].grad is None or not p[k].grad.any() for p in outputs["o2m"] for k in ("logits", "boxes"))

@@ -248,6 +248,18 @@ def test_overwrite_replaces_the_run_and_clears_orphans(tmp_path, shapes_root):
     assert (run / "final.pth").is_file() and _records(run) == []
 
 
+def test_o2m_last_epoch_switches_the_o2m_branch_off(tmp_path, shapes_root):
+    """loss.o2m_last_epoch=1: epoch 1 trains with o2m supervision, epoch 2 with o2o alone."""
+    engine.train(micro_train_config(shapes_root, tmp_path / "run", "model.supervision=ms",
+                                    "loss.o2m_last_epoch=1"), progress=False)
+    epochs = _records(tmp_path / "run", "epoch")
+    o2m = [{k: v for k, v in e["losses"].items() if "_o2m_" in k} for e in epochs]
+    assert [e["epoch"] for e in epochs] == [1, 2] and o2m[0].keys() == o2m[1].keys() and o2m[0]
+    assert all(v > 0 for v in o2m[0].values()) and all(v == 0 for v in o2m[1].values())
+    with pytest.raises(ConfigError, match=r"loss.o2m_last_epoch=-1: must be >= 0"):
+        apply_overrides(preset("tiny"), ["loss.o2m_last_epoch=-1"])
+
+
 def test_second_training_into_the_same_dir_stops(tmp_path, shapes_root):
     run = tmp_path / "run"
     run.mkdir()

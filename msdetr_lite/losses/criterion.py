@@ -54,6 +54,9 @@ class SetCriterion(ReferencePath, nn.Module):
         self.group_num = group_num
         self.generator = generator
         self.batched = batched
+        # 1.0, or 0.0 where the engine switches the o2m branch off (LossConfig.o2m_last_epoch):
+        # its terms stay in the loss dict (same names every step) with zero weight
+        self.o2m_scale = 1.0
 
     def _check_batch(self, outputs: dict, targets: list[dict]) -> torch.device:
         """Check the batch's shapes; returns the predictions' device."""
@@ -79,14 +82,14 @@ class SetCriterion(ReferencePath, nn.Module):
 
     def _o2m_weights(self, num_boxes: Tensor) -> tuple[tuple[float, float, float], Tensor]:
         """(cls, L1, GIoU) weights and normaliser of the o2m branch of the current scheme."""
-        c = self.loss_cfg
+        c, scale = self.loss_cfg, self.o2m_scale
         o2o = (c.cls_o2o, c.bbox_o2o, c.giou_o2o)
         if self.supervision == "ms":
-            return (c.cls_o2m, c.bbox_o2m, c.giou_o2m), num_boxes
+            return tuple(w * scale for w in (c.cls_o2m, c.bbox_o2m, c.giou_o2m)), num_boxes
         if self.supervision == "hybrid":
             # H-DETR normalises by its repeated targets, i.e. K times as many boxes.
-            return tuple(w * c.hybrid_weight for w in o2o), num_boxes * max(c.hybrid_k, 1)
-        return tuple(w * c.group_weight for w in o2o), num_boxes          # group
+            return tuple(w * c.hybrid_weight * scale for w in o2o), num_boxes * max(c.hybrid_k, 1)
+        return tuple(w * c.group_weight * scale for w in o2o), num_boxes          # group
 
     def forward(self, outputs: dict, targets: list[dict], return_matches: bool = False):
         """outputs: the model's dict (docs/design.md); targets: list over images of dicts with
