@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -181,6 +182,36 @@ def describe_regime(study: Mapping, scheme: str = "ms", goal: float = 2.0) -> st
             f"{names(cells('AP', lambda d: d < 0))}. With NMS at IoU {study.get('nms_iou', NMS_IOU):g}, at least "
             f"{goal:g} above: {names(cells('AP_nms', lambda d: d >= goal))}; below: "
             f"{names(cells('AP_nms', lambda d: d < 0))}.")
+
+
+def describe_o2m_switched_off(study: Mapping, cell: str = "o2m_off_last", base: str = "demo",
+                              scheme: str = "ms") -> Optional[str]:
+    """Sentences on the study's `cell` that trains `scheme` as `base` does, then switches the o2m
+    losses off for the last epoch(s) (loss.o2m_last_epoch): first and final decoder layer's AP
+    and duplicates per image, mean over seeds, and what that says about where duplicates come
+    from. None when either cell has no finished run."""
+    runs = study.get("runs", [])
+
+    def mean(c: str, value) -> Optional[float]:
+        vals = [value(r) for r in runs if r["cell"] == c and r["scheme"] == scheme]
+        return statistics.fmean(vals) if vals else None
+
+    stats = {c: (mean(c, lambda r: 100 * r["AP_per_layer"][0]), mean(c, lambda r: 100 * r["AP"]),
+                 mean(c, lambda r: r["duplicates"])) for c in (base, cell)}
+    if any(v is None for c in stats for v in stats[c]):
+        return None
+    (first_b, final_b, dup_b), (first_c, final_c, dup_c) = stats[base], stats[cell]
+    text = (f"`{cell}` trains {scheme} as `{base}` does, then its o2o branch alone for the last epoch: the "
+            f"first decoder layer moves from {first_b:.1f} to {first_c:.1f} AP, the final layer from "
+            f"{final_b:.1f} to {final_c:.1f} AP, with {dup_c:.1f} duplicates per image instead of {dup_b:.1f} "
+            f"(NMS-free, mean over seeds).")
+    if final_c - final_b < 2 and dup_c > 0.8 * dup_b:
+        text += (" So the final layer's duplicates do not come from the o2m loss of the moment: they are in what"
+                 " the decoder learned while o2m supervision was on, and a last epoch of o2o training alone"
+                 " does not remove them.")
+    elif final_c - final_b >= 2:
+        text += " So o2o training alone at the end removes part of what the o2m branch left."
+    return text
 
 
 def regime_rows(study: Mapping) -> list[dict]:

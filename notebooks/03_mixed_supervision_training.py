@@ -179,6 +179,9 @@ else:
                      f"{study.get('machine', 'a machine the file does not name')}. " + report.describe_regime(study)))
     display(viz.plot_regime(study["summary"], study["nms_iou"]))
     display(Markdown(viz.markdown_table(report.regime_rows(study))))
+    switched_off = report.describe_o2m_switched_off(study)
+    if switched_off:
+        display(Markdown(switched_off))
 
 # %% [markdown]
 # ## 6. What it costs: time and memory

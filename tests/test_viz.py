@@ -471,4 +471,12 @@ def test_benchmark_costs_and_regime_text(tmp_path):
     assert [(r["scheme"], r["AP"], r["AP, NMS"], r["duplicates / image"]) for r in rows] == \
         [("o2o", "45.0", "60.0", "3.9"), ("ms", "40.0", "67.0", "5.1")]
     assert rows[0]["AP - o2o"] == "-" and rows[1]["AP - o2o"] == "-5.2 +- 0.5" and rows[1]["AP - o2o, NMS"] == "+5.7 +- 0.5"
+    run = lambda cell, seed, first, ap, dup: {"cell": cell, "scheme": "ms", "seed": seed, "AP": ap,
+                                               "AP_per_layer": [first, ap], "duplicates": dup}
+    study["runs"] = [run("demo", 0, 0.394, 0.399, 5.7), run("demo", 1, 0.394, 0.411, 4.4),
+                     run("o2m_off_last", 0, 0.442, 0.408, 5.4), run("o2m_off_last", 1, 0.448, 0.404, 4.6)]
+    text = report.describe_o2m_switched_off(study)
+    assert "first decoder layer moves from 39.4 to 44.5 AP, the final layer from 40.5 to 40.6 AP" in text
+    assert "5.0 duplicates per image instead of 5.1" in text and "does not remove them" in text
+    assert report.describe_o2m_switched_off({"runs": study["runs"][:2]}) is None
     assert rows[0]["what it asks"] == "the recipe" and rows[1]["what it asks"] == "" and rows[1]["seeds"] == 2
