@@ -15,9 +15,10 @@ Two schedules of the `tiny` preset on the embedded shapes data (`SCHEDULES`):
     fast  (env MSDETR_FAST=1, CI): a handful of steps on a few images; pictures are of an
           almost untrained model, the point is that every cell runs.
     full  the demo's recipe (`make demo`): 4 epochs of 300 steps of 4 images (the whole 1200-image
-          train split), lr drop after epoch 3, seed 42, an evaluation per epoch; about 5.5
-          minutes per model on two quiet cores (the demo measured AP 37.7 for ms, 51.6 for o2o).
-          Build all four once with `python -m msdetr_lite.zoo build` (about 25 minutes).
+          train split), lr drop after epoch 3, seed 42, an evaluation per epoch. Per model about
+          5.5 min on the 2-core AMD EPYC dev VM, 25 min on one core of the 2-core Xeon one (AP on
+          the Xeon: ms 41.0, o2o 51.4, hybrid 35.4, group 45.3). Build all four once with
+          `python -m msdetr_lite.zoo build` (README, Measured: about an hour on the Xeon, two at a time).
           On a GPU the engine's `train.device=auto` uses it.
 
 Training runs `msdetr_lite.engine.train` in a subprocess (`python -m msdetr_lite.zoo train ...`):
@@ -259,26 +260,27 @@ def nms_evaluation(supervision: str = "ms", fast: Optional[bool] = None, nms_iou
     (`evaluation.evaluate(..., nms_iou=...)`: "final", "layers", "nms", "duplicates").
 
     Computed once (the whole val split, about 10 s per model on a CPU core) and cached in the
-    run folder as eval-nms.json, tied to the run's zoo.json (a retrained run recomputes it)."""
-    from torch.utils.data import DataLoader
-
-    from .data import build_dataset, collate
+    run folder as eval-nms.json, tied to the run's zoo.json (a retrained run recomputes it).
+    Batched as in training's evaluation (train.batch_size): padding to the batch's largest image
+    changes what the backbone sees at the borders, so another batch size moves the AP a little
+    (o2o 51.4 at batch 4 vs 52.0 at batch 8 here), and the NMS-free numbers equal eval.json's."""
+    from .data import build_dataset, build_val_loader
     from .evaluation import evaluate
 
     get_checkpoint(supervision, fast, overrides=overrides, quiet=True)
     out = run_dir(supervision, fast, overrides)
     stamp = (out / ZOO_FILE).read_text()
     cache = out / NMS_EVAL_FILE
+    batch = zoo_config(supervision, fast, overrides).train.batch_size
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("zoo") == stamp and cached.get("nms_iou") == nms_iou:
+        if cached.get("zoo") == stamp and cached.get("nms_iou") == nms_iou and cached.get("batch_size") == batch:
             return cached["eval"]
     model, cfg = load_model(supervision, fast, overrides=overrides, quiet=True)
-    val = build_dataset(cfg.data, "val")
-    loader = DataLoader(val, batch_size=8, collate_fn=collate, num_workers=0)
+    loader = build_val_loader(cfg, build_dataset(cfg.data, "val"), batch)
     result = evaluate(model, loader, "cpu", progress=False, nms_iou=nms_iou)
     tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"zoo": stamp, "nms_iou": nms_iou, "eval": result}) + "\n")
+    tmp.write_text(json.dumps({"zoo": stamp, "nms_iou": nms_iou, "batch_size": batch, "eval": result}) + "\n")
     tmp.replace(cache)                        # atomic: a reader never sees half a file
     return result
 
