@@ -146,20 +146,25 @@ def nms_rows(evals: Mapping[str, Mapping]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the regime study
-REGIME_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "regime.json"
+_ROOT = Path(__file__).resolve().parents[1]
+REGIME_JSON = _ROOT / "bench" / "results" / "regime.json"
 # the study as measured for this repository (bench/regime.py's JSON, committed with its machine):
 # what a reader sees before running their own
-REGIME_MEASURED_JSON = Path(__file__).resolve().parents[1] / "docs" / "results" / "regime.json"
+REGIME_MEASURED_JSON = _ROOT / "docs" / "results" / "regime.json"
+
+
+def _measurement(path: Union[str, Path, None], own: Path, committed: Path) -> Optional[Path]:
+    """The benchmark JSON to show: `path` if given, else your own run (`own`, under bench/results),
+    else the committed measurement (`committed`, under docs/results); None if none exists."""
+    candidates = [Path(path)] if path is not None else [own, committed]
+    return next((p for p in candidates if p.is_file()), None)
 
 
 def load_regime(path: Union[str, Path, None] = None) -> Optional[dict]:
     """bench/regime.py's JSON ({"nms_iou", "cells", "summary", "runs", "machine"}): `path`, else your
     own run (REGIME_JSON), else the committed measurement (REGIME_MEASURED_JSON); None if none."""
-    candidates = [Path(path)] if path is not None else [REGIME_JSON, REGIME_MEASURED_JSON]
-    for p in candidates:
-        if p.is_file():
-            return {**json.loads(p.read_text()), "path": str(p)}
-    return None
+    found = _measurement(path, REGIME_JSON, REGIME_MEASURED_JSON)
+    return None if found is None else {**json.loads(found.read_text()), "path": str(found)}
 
 
 def describe_regime(study: Mapping, scheme: str = "ms", goal: float = 2.0) -> str:
@@ -239,17 +244,16 @@ def regime_rows(study: Mapping) -> list[dict]:
 
 
 # ---------------------------------------------------------------- costs from the benchmark
-OVERHEAD_JSON = Path(__file__).resolve().parents[1] / "bench" / "results" / "overhead.json"
+OVERHEAD_JSON = _ROOT / "bench" / "results" / "overhead.json"
 # bench/overhead.py's JSON as measured for this repository (committed with its machine)
-OVERHEAD_MEASURED_JSON = Path(__file__).resolve().parents[1] / "docs" / "results" / "overhead.json"
+OVERHEAD_MEASURED_JSON = _ROOT / "docs" / "results" / "overhead.json"
 
 
 def benchmark_costs(path: Union[str, Path, None] = None) -> Optional[dict]:
     """The training cost per scheme measured by bench/overhead.py (its JSON), as
     {"rows": markdown rows, "caption": what was measured, where}: `path`, else your own run
     (OVERHEAD_JSON), else the committed measurement (OVERHEAD_MEASURED_JSON); None if none."""
-    candidates = [Path(path)] if path is not None else [OVERHEAD_JSON, OVERHEAD_MEASURED_JSON]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = _measurement(path, OVERHEAD_JSON, OVERHEAD_MEASURED_JSON)
     if path is None:
         return None
     data = json.loads(path.read_text())
@@ -265,8 +269,7 @@ def benchmark_costs(path: Union[str, Path, None] = None) -> Optional[dict]:
              "memory vs o2o": f"{r['mem_ratio']:.2f}x"} for r in results]
     first, args = results[0], data.get("args", {})
     machine = data.get("machine") or first.get("machine")
-    root = Path(__file__).resolve().parents[1]
-    shown = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path.name
+    shown = path.resolve().relative_to(_ROOT) if path.resolve().is_relative_to(_ROOT) else path.name
     caption = (f"`{shown}` from `bench/overhead.py`: preset `{first['preset']}`, batch {first['batch']}, "
                f"{first['image_size']} px images, device `{first['device']}`"
                + (f" ({machine})" if machine else " (the file does not name the machine)")
