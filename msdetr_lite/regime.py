@@ -103,7 +103,10 @@ def _nms_evaluation(path: Path) -> Optional[dict]:
 def run_record(path: str | Path) -> Optional[dict]:
     """The numbers of one finished run folder (None until it has finished and has an evaluation
     with NMS): AP, AP50 and AP with NMS of the final layer, per-layer APs, duplicates per image at
-    the final layer, mean seconds per epoch."""
+    the final layer, mean seconds per epoch, "lr_drop" (train.lr_drop of config.json: the epochs
+    after the first lr_drop run at a tenth of the lr; None without config.json) and "epochs": the
+    final layer's AP, AP with NMS and duplicates after every evaluated epoch (AP_nms None where
+    that epoch was scored without NMS)."""
     path = Path(path)
     if not (path / "eval.json").is_file():
         return None
@@ -116,7 +119,26 @@ def run_record(path: str | Path) -> Optional[dict]:
             "AP_per_layer": [m["AP"] for m in ev["layers"]],
             "AP_nms_per_layer": [m["AP"] for m in ev["nms"]["layers"]],
             "duplicates": ev["duplicates"]["per_image"][-1],
-            "epoch_time_s": train_eval.get("mean_epoch_time")}
+            "epoch_time_s": train_eval.get("mean_epoch_time"),
+            "lr_drop": _config(path).get("train", {}).get("lr_drop"),
+            "epochs": _epoch_records(path)}
+
+
+def _config(path: Path) -> dict:
+    from .runs import CONFIG_FILE
+    return json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
+
+
+def _epoch_records(path: Path) -> list[dict]:
+    """[{"epoch", "AP", "AP_nms", "duplicates"}] of the final layer after each evaluated epoch
+    ([] for a folder without metrics.jsonl)."""
+    from .runs import METRICS_FILE, load_run
+    if not (path / METRICS_FILE).is_file():
+        return []
+    return [{"epoch": epoch, "AP": ev["final"]["AP"],
+             "AP_nms": ev["nms"]["final"]["AP"] if ev.get("nms", {}).get("iou") == NMS_IOU else None,
+             "duplicates": ev["duplicates"]["per_image"][-1]}
+            for epoch, ev in load_run(path).epoch_evals()]
 
 
 def collect(root: str | Path, cells: Mapping[str, Cell], names: Iterable[str], schemes: Sequence[str],
@@ -161,6 +183,26 @@ def summarize(records: Sequence[dict]) -> list[dict]:
     return out
 
 
+def gap_per_epoch(records: Sequence[dict], cell: str, scheme: str = "ms") -> list[dict]:
+    """`scheme` minus o2o in one cell after every epoch both evaluated, paired by seed:
+    [{"epoch", "AP": {mean, spread, n}, "AP_nms": {...} or None}] (AP_nms None where an epoch was
+    scored without NMS for some seed). Empty when no seed has both schemes' epoch records."""
+    def by_seed(s: str) -> dict[int, dict[int, dict]]:
+        return {r["seed"]: {e["epoch"]: e for e in r.get("epochs", [])}
+                for r in records if r["cell"] == cell and r["scheme"] == s}
+
+    ours, base = by_seed(scheme), by_seed("o2o")
+    seeds = sorted(set(ours) & set(base))
+    epochs = sorted(set.intersection(*(set(ours[s]) & set(base[s]) for s in seeds))) if seeds else []
+    out = []
+    for epoch in epochs:
+        pairs = [(ours[s][epoch], base[s][epoch]) for s in seeds]
+        nms = None if any(a["AP_nms"] is None or b["AP_nms"] is None for a, b in pairs) else \
+            _mean_spread([a["AP_nms"] - b["AP_nms"] for a, b in pairs])
+        out.append({"epoch": epoch, "AP": _mean_spread([a["AP"] - b["AP"] for a, b in pairs]), "AP_nms": nms})
+    return out
+
+
 def format_table(summary: Sequence[dict], cells: Mapping[str, Cell] = CELLS) -> str:
     """A markdown table, AP x100: per cell and scheme, NMS-free and with NMS, and the difference to
     o2o (mean over seeds +- half the spread)."""
@@ -190,4 +232,4 @@ def plot_study(summary: Sequence[dict], path: Optional[str | Path] = None):
 
 
 __all__ = ["BASE_OVERRIDES", "CELLS", "Cell", "NMS_FILE", "NMS_IOU", "SCHEMES", "collect", "format_table",
-           "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]
+           "gap_per_epoch", "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]

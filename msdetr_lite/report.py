@@ -219,6 +219,92 @@ def describe_o2m_switched_off(study: Mapping, cell: str = "o2m_off_last", base: 
     return text
 
 
+def regime_epoch_gaps(study: Mapping, cells: Sequence[str] = ("demo", "ep8"), scheme: str = "ms") -> dict:
+    """{cell: regime.gap_per_epoch(...)} for those of `cells` whose runs carry per-epoch records of
+    both `scheme` and o2o (a study written before runs kept them has none: {})."""
+    from .regime import gap_per_epoch
+    gaps = {c: gap_per_epoch(study.get("runs", []), c, scheme) for c in cells}
+    return {c: g for c, g in gaps.items() if g}
+
+
+def regime_lr_drops(study: Mapping, cells: Sequence[str], scheme: str = "ms") -> dict:
+    """{cell: train.lr_drop of its `scheme` runs} where the study's runs record one value."""
+    out = {}
+    for cell in cells:
+        drops = {r.get("lr_drop") for r in study.get("runs", []) if r["cell"] == cell and r["scheme"] == scheme}
+        if len(drops) == 1 and None not in drops:
+            out[cell] = drops.pop()
+    return out
+
+
+def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -> Optional[str]:
+    """Sentences on one cell's `scheme` minus o2o after every epoch (x100, mean over seeds): the
+    epochs where `scheme` leads NMS-free, and what each scheme gains from the lr drop to the end.
+    None without per-epoch records of both schemes."""
+    from .regime import gap_per_epoch
+    gap = gap_per_epoch(study.get("runs", []), cell, scheme)
+    if not gap:
+        return None
+    last, n = gap[-1]["epoch"], gap[-1]["AP"]["n"]
+
+    def series(key: str) -> str:
+        return ", ".join("-" if g[key] is None else f"{100 * g[key]['mean']:+.1f}" for g in gap)
+
+    leads = [g["epoch"] for g in gap if g["AP"]["mean"] > 0]
+    text = (f"In `{cell}`, {scheme} minus o2o after epochs 1 to {last}, NMS-free: {series('AP')}; with NMS: "
+            f"{series('AP_nms')} (mean over {n} seed{'s' if n != 1 else ''}). {scheme} "
+            + (f"leads o2o NMS-free after epoch{'s' if len(leads) > 1 else ''} {', '.join(map(str, leads))}."
+               if leads else "trails o2o NMS-free after every epoch."))
+    drop = regime_lr_drops(study, [cell], scheme).get(cell)
+    at = {g["epoch"]: g for g in gap}
+    if drop in at and drop < last:
+        def gain(s: str) -> float:
+            vals = [next(e["AP"] for e in r["epochs"] if e["epoch"] == last)
+                    - next(e["AP"] for e in r["epochs"] if e["epoch"] == drop)
+                    for r in study["runs"] if r["cell"] == cell and r["scheme"] == s]
+            return 100 * statistics.fmean(vals)
+        before, after = 100 * at[drop]["AP"]["mean"], 100 * at[last]["AP"]["mean"]
+        text += (f" The lr drops tenfold after epoch {drop}; from there to epoch {last} o2o gains "
+                 f"{gain('o2o'):.1f} AP NMS-free and {scheme} {gain(scheme):.1f}")
+        if before > 0 > after:
+            text += f": {scheme}'s lead before the drop ({before:+.1f}) becomes a deficit ({after:+.1f})."
+        else:
+            text += f", taking the gap from {before:+.1f} to {after:+.1f}."
+    return text
+
+
+def describe_schedule(study: Mapping, cell: str = "ep8", base: str = "demo", scheme: str = "ms",
+                      goal: float = 2.0) -> Optional[str]:
+    """Sentences on whether a longer schedule (`cell`) closes `scheme`'s NMS-free gap to o2o: the
+    gap at the end of `base` and of `cell`, and after the epoch of `cell` where `base` ended, NMS-free
+    and with NMS (x100, mean over seeds). None unless both cells have per-epoch records."""
+    gaps = regime_epoch_gaps(study, (base, cell), scheme)
+    if len(gaps) < 2:
+        return None
+    end_base, end_cell = gaps[base][-1], gaps[cell][-1]
+    mid = next((g for g in gaps[cell] if g["epoch"] == end_base["epoch"]), None)
+
+    def ap(g, key="AP") -> str:
+        return "-" if g is None or g.get(key) is None else f"{100 * g[key]['mean']:+.1f}"
+
+    n = end_cell["AP"]["n"]
+    text = (f"`{cell}` trains both schemes for {end_cell['epoch']} epochs instead of {end_base['epoch']}. "
+            f"{scheme} minus o2o, NMS-free: {ap(end_base)} at the end of `{base}`, {ap(mid)} after epoch "
+            f"{end_base['epoch']} of `{cell}`, {ap(end_cell)} at its end; with NMS: {ap(end_base, 'AP_nms')}, "
+            f"{ap(mid, 'AP_nms')}, {ap(end_cell, 'AP_nms')} (mean over {n} seed{'s' if n != 1 else ''}).")
+    change = 100 * (end_cell["AP"]["mean"] - end_base["AP"]["mean"])
+    if change >= goal:
+        text += f" The longer schedule narrows the NMS-free gap by {change:.1f} AP"
+    elif change <= -goal:
+        text += f" The longer schedule widens the NMS-free gap by {-change:.1f} AP"
+    else:
+        text += f" The longer schedule moves the NMS-free gap by {change:+.1f} AP, less than {goal:g}"
+    lead = 100 * end_cell["AP"]["mean"]
+    text += (f"; {scheme} {'leads' if lead > 0 else 'still trails'} o2o NMS-free at the end of `{cell}`." if lead
+             else ".")
+    return text
+
+
 def regime_rows(study: Mapping) -> list[dict]:
     """One table row per (cell, scheme) of a regime study, AP x100: what the cell asks, seeds,
     AP and AP with NMS (mean over seeds), duplicates per image, and the difference to o2o paired

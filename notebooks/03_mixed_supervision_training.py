@@ -184,6 +184,28 @@ else:
         display(Markdown(switched_off))
 
 # %% [markdown]
+# Is it a matter of time? The paper trains 12 COCO epochs with the lr dropped tenfold after 11;
+# the demo trains 4 with the drop after 3. Below, the same differences to o2o after *every*
+# epoch (each run evaluates after each epoch), for the demo's cell and, where the study has run
+# it, for `ep8` (8 epochs, the drop after 6). Vertical lines: where each cell's lr drops. The
+# sentences under the figure read its numbers: in which epochs MS-DETR leads NMS-free, and what
+# each scheme gains once the lr drops.
+
+# %%
+if study is not None:
+    gaps = report.regime_epoch_gaps(study)
+    if gaps:
+        display(viz.plot_regime_epochs(gaps, study["nms_iou"], lr_drops=report.regime_lr_drops(study, list(gaps))))
+        for cell in gaps:
+            display(Markdown(report.describe_epoch_gap(study, cell)))
+    else:
+        display(Markdown("This study's JSON has no per-epoch records (it was written before `bench/regime.py` kept "
+                         "them): `python bench/regime.py --report-only` rewrites it from the run folders."))
+    display(Markdown(report.describe_schedule(study) or
+                     "No `ep8` runs in this study yet: `python bench/regime.py --cells ep8 --schemes o2o ms` runs "
+                     "them (four 8-epoch trainings)."))
+
+# %% [markdown]
 # ## 6. What it costs: time and memory
 # The paper's point: MS-DETR adds a few percent (one more set of head evaluations and a
 # matcher), H-DETR and Group-DETR pay for their extra queries in every decoder layer. Step

@@ -61,6 +61,38 @@ def test_summary_pairs_seeds_and_reports_spread(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0 and len(fig.axes) == 2
 
 
+def _epoch_metrics(path: Path, aps: list, aps_nms: list) -> None:
+    """metrics.jsonl with one evaluated epoch record per AP (AP_nms None: scored without NMS)."""
+    lines = []
+    for epoch, (ap, nms) in enumerate(zip(aps, aps_nms), 1):
+        ev = {"final": {"AP": ap}, "duplicates": {"per_image": [0.5, float(epoch)]}}
+        if nms is not None:
+            ev["nms"] = {"iou": regime.NMS_IOU, "final": {"AP": nms}}
+        lines.append(json.dumps({"type": "epoch", "epoch": epoch, "eval": ev}))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_gap_per_epoch_pairs_seeds_epoch_by_epoch(tmp_path):
+    curves = {("o2o", 0): ([0.1, 0.3, 0.5], [0.2, 0.4, 0.6]), ("ms", 0): ([0.05, 0.2, 0.4], [0.25, 0.5, 0.7]),
+              ("o2o", 1): ([0.1, 0.2, 0.4], [0.2, 0.3, 0.5]), ("ms", 1): ([0.1, 0.2, 0.38], [0.2, 0.4, None])}
+    for (scheme, seed), (aps, nms) in curves.items():
+        run = tmp_path / "ep8" / f"{scheme}_s{seed}"
+        _fake_run(run, aps[-1], 0.5)
+        _epoch_metrics(run, aps, nms)
+    _fake_run(tmp_path / "ep8" / "ms_s2", 0.3, 0.5)                 # no metrics.jsonl: no epochs, no pair
+    records = regime.collect(tmp_path, regime.CELLS, ["ep8"], ["o2o", "ms"], [0, 1, 2])
+    ms0 = next(r for r in records if r["scheme"] == "ms" and r["seed"] == 0)
+    assert ms0["epochs"][1] == {"epoch": 2, "AP": 0.2, "AP_nms": 0.5, "duplicates": 2.0}
+    assert ms0["lr_drop"] is None                                   # no config.json in these fakes
+    gap = regime.gap_per_epoch(records, "ep8")
+    assert [g["epoch"] for g in gap] == [1, 2, 3]
+    assert gap[0]["AP"]["mean"] == pytest.approx(-0.025) and gap[0]["AP"]["spread"] == pytest.approx(0.05)
+    assert gap[2]["AP"]["mean"] == pytest.approx((-0.1 - 0.02) / 2) and gap[2]["AP"]["n"] == 2
+    assert gap[1]["AP_nms"]["mean"] == pytest.approx((0.1 + 0.1) / 2)
+    assert gap[2]["AP_nms"] is None                                 # seed 1's ms scored epoch 3 without NMS
+    assert regime.gap_per_epoch(records, "ep8", "hybrid") == [] and regime.gap_per_epoch(records, "demo") == []
+
+
 @pytest.mark.slow
 def test_bench_regime_end_to_end_and_resumable(tmp_path):
     from msdetr_lite.data.synthetic import generate
@@ -78,6 +110,9 @@ def test_bench_regime_end_to_end_and_resumable(tmp_path):
     assert [e["cell"] for e in out["summary"]] == ["demo", "o2m_half"]
     assert set(out["summary"][1]["delta"]) == {"ms"} and (tmp_path / "regime.png").is_file()
     assert all(0.0 <= r["AP"] <= 1.0 and 0.0 <= r["AP_nms"] <= 1.0 for r in out["runs"])
+    # per-epoch records from each run's metrics.jsonl (MICRO trains 1 epoch), the lr drop from its config
+    assert all([e["epoch"] for e in r["epochs"]] == [1] and r["epochs"][0]["AP"] == r["AP"]
+               and r["epochs"][0]["AP_nms"] == r["AP_nms"] and r["lr_drop"] == 3 for r in out["runs"])
 
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and again.stdout.count(": done") == 3

@@ -480,3 +480,64 @@ def test_benchmark_costs_and_regime_text(tmp_path):
     assert "5.0 duplicates per image instead of 5.1" in text and "does not remove them" in text
     assert report.describe_o2m_switched_off({"runs": study["runs"][:2]}) is None
     assert rows[0]["what it asks"] == "the recipe" and rows[1]["what it asks"] == "" and rows[1]["seeds"] == 2
+
+
+def test_regime_per_epoch_gap_text_and_plot():
+    from msdetr_lite import report
+
+    def runs(cell, scheme, seed, aps, aps_nms):
+        return {"cell": cell, "scheme": scheme, "seed": seed, "lr_drop": len(aps) - 1, "epochs": [
+            {"epoch": e, "AP": a, "AP_nms": n, "duplicates": 1.0} for e, (a, n) in enumerate(zip(aps, aps_nms), 1)]}
+
+    study = {"nms_iou": 0.7, "runs": [
+        runs("demo", "o2o", 0, [0.2, 0.4], [0.3, 0.5]), runs("demo", "ms", 0, [0.15, 0.34], [0.35, 0.56]),
+        runs("ep8", "o2o", 0, [0.2, 0.4, 0.45, 0.5], [0.3, 0.5, 0.55, 0.6]),
+        runs("ep8", "ms", 0, [0.15, 0.33, 0.43, 0.49], [0.35, 0.57, 0.62, 0.68])]}
+    gaps = report.regime_epoch_gaps(study)
+    assert list(gaps) == ["demo", "ep8"] and [g["epoch"] for g in gaps["ep8"]] == [1, 2, 3, 4]
+    text = report.describe_schedule(study)
+    assert "`ep8` trains both schemes for 4 epochs instead of 2" in text
+    assert "NMS-free: -6.0 at the end of `demo`, -7.0 after epoch 2 of `ep8`, -1.0 at its end" in text
+    assert "with NMS: +6.0, +7.0, +8.0 (mean over 1 seed)" in text
+    assert "narrows the NMS-free gap by 5.0 AP; ms still trails o2o NMS-free at the end of `ep8`" in text
+    study["runs"][3]["epochs"][-1]["AP"] = 0.41                     # the gap widens instead
+    assert "widens the NMS-free gap by 3.0 AP" in report.describe_schedule(study)
+    study["runs"][3]["epochs"][-1]["AP"] = 0.53                     # ...or ms ends ahead
+    assert "ms leads o2o NMS-free" in report.describe_schedule(study)
+    assert report.describe_schedule({"runs": study["runs"][:2]}) is None        # no ep8 yet
+    assert report.regime_epoch_gaps({"runs": [{"cell": "demo", "scheme": "ms", "seed": 0}]}) == {}
+    fig = viz.plot_regime_epochs(gaps, 0.7)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3       # two cells + the zero line
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["demo (1 seed)", "ep8 (1 seed)"]
+    drops = report.regime_lr_drops(study, list(gaps))
+    assert drops == {"demo": 1, "ep8": 3}
+    fig = viz.plot_regime_epochs(gaps, 0.7, lr_drops=drops)
+    assert sorted(t.get_text() for t in fig.axes[1].texts) == ["lr drop (demo)", "lr drop (ep8)"]
+    assert [line.get_xdata()[0] for line in fig.axes[0].lines[2:4]] == [1.5, 3.5]
+    fig = viz.plot_regime_epochs(gaps, 0.7, lr_drops={"demo": 3, "ep8": 3})      # one shared drop: one line
+    assert [t.get_text() for t in fig.axes[0].texts] == ["lr drop"]
+
+
+def test_regime_epoch_gap_sentence_reads_the_lr_drop():
+    from msdetr_lite import report
+
+    def run(scheme, seed, aps):
+        return {"cell": "demo", "scheme": scheme, "seed": seed, "lr_drop": 3,
+                "epochs": [{"epoch": e, "AP": a, "AP_nms": a + 0.2, "duplicates": 1.0} for e, a in enumerate(aps, 1)]}
+
+    study = {"runs": [run("o2o", 0, [0.14, 0.25, 0.335, 0.437]), run("ms", 0, [0.08, 0.246, 0.339, 0.399]),
+                      run("o2o", 1, [0.16, 0.22, 0.322, 0.476]), run("ms", 1, [0.12, 0.19, 0.364, 0.412])]}
+    text = report.describe_epoch_gap(study, "demo")
+    assert "after epochs 1 to 4, NMS-free: -5.0, -1.7, +2.3, -5.1; with NMS: -5.0, -1.7, +2.3, -5.1" in text
+    assert "(mean over 2 seeds). ms leads o2o NMS-free after epoch 3." in text
+    assert "after epoch 3; from there to epoch 4 o2o gains 12.8 AP NMS-free and ms 5.4" in text
+    assert "ms's lead before the drop (+2.3) becomes a deficit (-5.1)" in text
+    for r in study["runs"]:
+        r["lr_drop"] = 2
+    text = report.describe_epoch_gap(study, "demo")
+    assert "after epoch 2; from there to epoch 4" in text and "taking the gap from -1.7 to -5.1" in text
+    study["runs"][1]["lr_drop"] = 5                                # seeds disagree: no lr-drop sentence
+    assert "lr drops" not in report.describe_epoch_gap(study, "demo")
+    study["runs"][1]["epochs"] = [dict(e, AP=e["AP"] - 0.3) for e in study["runs"][1]["epochs"]]
+    assert "trails o2o NMS-free after every epoch" in report.describe_epoch_gap(study, "demo")
+    assert report.describe_epoch_gap(study, "ep8") is None

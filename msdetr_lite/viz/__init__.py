@@ -10,7 +10,8 @@ matplotlib Figures, split by concept.
     candidates    the paper's Fig. 1: top-k query boxes, candidate statistics per decoder layer
     training      runs (`msdetr_lite.runs`): losses per branch, AP per epoch and per layer
     method        the paper's Fig. 4: where the o2m branch taps the decoder layer
-    regime        the regime study (`msdetr_lite.regime`): AP minus o2o per cell, NMS-free and with NMS
+    regime        the regime study (`msdetr_lite.regime`): AP minus o2o per cell and per epoch, NMS-free
+                  and with NMS
     tables        markdown tables of dict rows
 
 Everything is importable from here (`from msdetr_lite.viz import plot_assignment`, `viz.O2O_COLOR`).
@@ -25,7 +26,7 @@ from .palette import (BAR_COLORS, BRANCH_COLORS, ENC_COLOR, GT_COLOR, LEVEL_COLO
                       O2O_COLOR, REF_COLOR, SCHEME_COLORS, SCHEME_LABELS, SCHEME_STYLES, SCHEMES, layer_color,
                       scheme_color, scheme_label, scheme_of, scheme_style)
 from .method import TAPS, draw_tap, plot_tap_placements
-from .regime import plot_regime
+from .regime import plot_regime, plot_regime_epochs
 from .tables import escape_cell, markdown_table, table_renders
 from .training import (plot_ap_curves, plot_ap_per_layer, plot_loss_curves, plot_nms_ap_per_layer, plot_o2o_losses,
                        plot_total_loss)
@@ -42,7 +43,7 @@ __all__ = [
     "plot_samples", "plot_detections", "plot_detection_grid", "plot_score_matrix", "plot_assignment",
     "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings",
     "plot_candidates", "plot_topk_comparison", "plot_topk_per_layer", "plot_candidate_quality",
-    "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_regime",
+    "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_regime", "plot_regime_epochs",
     "plot_o2o_losses", "plot_nms_ap_per_layer", "TAPS", "draw_tap", "plot_tap_placements",
     "markdown_table", "escape_cell", "table_renders",
 ]

@@ -1,7 +1,9 @@
 """The regime study's figure (msdetr_lite.regime): where mixed supervision beats o2o, and where not."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
+
+from matplotlib.ticker import MaxNLocator
 
 from .figures import new_figure
 from .palette import scheme_color, scheme_label
@@ -34,5 +36,47 @@ def plot_regime(summary: Sequence[dict], nms_iou: float, schemes: Sequence[str] 
         ax.tick_params(axis="y", labelsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("AP minus o2o AP (x100)", fontsize=10)
+    axes[0, 0].legend(fontsize=9)
+    return fig
+
+
+def plot_regime_epochs(gaps: Mapping[str, Sequence[dict]], nms_iou: float, scheme: str = "ms",
+                       lr_drops: Optional[Mapping[str, int]] = None):
+    """Two panels, NMS-free and with NMS at `nms_iou`: `scheme`'s AP minus o2o's (x100) after every
+    epoch, one line per cell (`regime.gap_per_epoch` of each), the mean over seeds with the seeds'
+    range shaded; a dotted vertical line where a cell's lr drops (`lr_drops`: {cell: train.lr_drop},
+    the epochs after it run at a tenth of the lr). Returns the Figure."""
+    lr_drops = lr_drops or {}
+    fig, axes = new_figure(1, 2, panel=(4.6, 3.6), sharey=True)
+    styles = ("-", "--", ":", "-.")
+    titles = ("NMS-free (as the detector runs)", f"with NMS at IoU {nms_iou}")
+    for ax, key, title in zip(axes[0], ("AP", "AP_nms"), titles):
+        for i, (cell, gap) in enumerate(gaps.items()):
+            pts = [(g["epoch"], g[key]) for g in gap if g.get(key) is not None]
+            if not pts:
+                continue
+            xs = [e for e, _ in pts]
+            mean = [100 * d["mean"] for _, d in pts]
+            half = [50 * d["spread"] for _, d in pts]
+            ax.plot(xs, mean, styles[i % len(styles)], marker="o", ms=4, color=scheme_color(scheme),
+                    label=f"{cell} ({pts[0][1]['n']} seed{'s' if pts[0][1]['n'] != 1 else ''})")
+            ax.fill_between(xs, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                            color=scheme_color(scheme), alpha=0.12)
+        drops: dict[int, list[str]] = {}                  # cells sharing a drop share one line
+        for cell in gaps:
+            if cell in lr_drops:
+                drops.setdefault(lr_drops[cell], []).append(cell)
+        for drop, cells in drops.items():
+            ax.axvline(drop + 0.5, color="grey", lw=0.9, ls=":")
+            label = "lr drop" + (f" ({', '.join(cells)})" if len(drops) > 1 else "")
+            ax.annotate(label, (drop + 0.5, 0.02), xycoords=("data", "axes fraction"), xytext=(-3, 0),
+                        textcoords="offset points", rotation=90, ha="right", va="bottom", fontsize=8, color="grey")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("epoch", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(f"{scheme_label(scheme)} AP minus o2o AP (x100)", fontsize=10)
     axes[0, 0].legend(fontsize=9)
     return fig
