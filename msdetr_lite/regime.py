@@ -155,7 +155,9 @@ def collect(root: str | Path, cells: Mapping[str, Cell], names: Iterable[str], s
 
 
 def _mean_spread(values: Sequence[float]) -> dict:
-    return {"mean": statistics.fmean(values), "spread": max(values) - min(values), "n": len(values)}
+    """{mean, spread (max - min), n, min, max} of values over seeds."""
+    return {"mean": statistics.fmean(values), "spread": max(values) - min(values), "n": len(values),
+            "min": min(values), "max": max(values)}
 
 
 def summarize(records: Sequence[dict]) -> list[dict]:

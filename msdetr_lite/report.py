@@ -250,11 +250,18 @@ def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -
     def series(key: str) -> str:
         return ", ".join("-" if g[key] is None else f"{100 * g[key]['mean']:+.1f}" for g in gap)
 
-    leads = [g["epoch"] for g in gap if g["AP"]["mean"] > 0]
+    def after(epochs: list) -> str:
+        return f"after epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else \
+            "after no epoch"
+
+    # ahead / behind only where every seed says so; a mean inside the seeds' spread is not a lead
+    ahead = [g["epoch"] for g in gap if g["AP"]["min"] > 0]
+    behind = [g["epoch"] for g in gap if g["AP"]["max"] < 0]
+    split = [g["epoch"] for g in gap if g["epoch"] not in ahead + behind]
     text = (f"In `{cell}`, {scheme} minus o2o after epochs 1 to {last}, NMS-free: {series('AP')}; with NMS: "
-            f"{series('AP_nms')} (mean over {n} seed{'s' if n != 1 else ''}). {scheme} "
-            + (f"leads o2o NMS-free after epoch{'s' if len(leads) > 1 else ''} {', '.join(map(str, leads))}."
-               if leads else "trails o2o NMS-free after every epoch."))
+            f"{series('AP_nms')} (mean over {n} seed{'s' if n != 1 else ''}). NMS-free, {scheme} is ahead of o2o "
+            f"in every seed {after(ahead)} and behind in every seed {after(behind)}"
+            + (f"; the seeds disagree {after(split)}." if split else "."))
     drop = regime_lr_drops(study, [cell], scheme).get(cell)
     at = {g["epoch"]: g for g in gap}
     if drop in at and drop < last:
@@ -263,13 +270,13 @@ def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -
                     - next(e["AP"] for e in r["epochs"] if e["epoch"] == drop)
                     for r in study["runs"] if r["cell"] == cell and r["scheme"] == s]
             return 100 * statistics.fmean(vals)
-        before, after = 100 * at[drop]["AP"]["mean"], 100 * at[last]["AP"]["mean"]
+        before, end = 100 * at[drop]["AP"]["mean"], 100 * at[last]["AP"]["mean"]
         text += (f" The lr drops tenfold after epoch {drop}; from there to epoch {last} o2o gains "
                  f"{gain('o2o'):.1f} AP NMS-free and {scheme} {gain(scheme):.1f}")
-        if before > 0 > after:
-            text += f": {scheme}'s lead before the drop ({before:+.1f}) becomes a deficit ({after:+.1f})."
+        if drop in ahead and last in behind:
+            text += f": {scheme}'s lead before the drop ({before:+.1f}) becomes a deficit ({end:+.1f})."
         else:
-            text += f", taking the gap from {before:+.1f} to {after:+.1f}."
+            text += f", taking the gap from {before:+.1f} to {end:+.1f}."
     return text
 
 

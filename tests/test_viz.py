@@ -529,7 +529,8 @@ def test_regime_epoch_gap_sentence_reads_the_lr_drop():
                       run("o2o", 1, [0.16, 0.22, 0.322, 0.476]), run("ms", 1, [0.12, 0.19, 0.364, 0.412])]}
     text = report.describe_epoch_gap(study, "demo")
     assert "after epochs 1 to 4, NMS-free: -5.0, -1.7, +2.3, -5.1; with NMS: -5.0, -1.7, +2.3, -5.1" in text
-    assert "(mean over 2 seeds). ms leads o2o NMS-free after epoch 3." in text
+    assert ("(mean over 2 seeds). NMS-free, ms is ahead of o2o in every seed after epoch 3 and behind in every seed "
+            "after epochs 1, 2, 4.") in text
     assert "after epoch 3; from there to epoch 4 o2o gains 12.8 AP NMS-free and ms 5.4" in text
     assert "ms's lead before the drop (+2.3) becomes a deficit (-5.1)" in text
     for r in study["runs"]:
@@ -538,6 +539,7 @@ def test_regime_epoch_gap_sentence_reads_the_lr_drop():
     assert "after epoch 2; from there to epoch 4" in text and "taking the gap from -1.7 to -5.1" in text
     study["runs"][1]["lr_drop"] = 5                                # seeds disagree: no lr-drop sentence
     assert "lr drops" not in report.describe_epoch_gap(study, "demo")
-    study["runs"][1]["epochs"] = [dict(e, AP=e["AP"] - 0.3) for e in study["runs"][1]["epochs"]]
-    assert "trails o2o NMS-free after every epoch" in report.describe_epoch_gap(study, "demo")
+    study["runs"][3]["epochs"][2]["AP"] = 0.3                     # seed 1 now behind after epoch 3: no lead
+    assert "ahead of o2o in every seed after no epoch and behind in every seed after epochs 1, 2, 4; the seeds " \
+        "disagree after epoch 3." in report.describe_epoch_gap(study, "demo")
     assert report.describe_epoch_gap(study, "ep8") is None
