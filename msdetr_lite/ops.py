@@ -31,6 +31,8 @@ Backends:
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import logging
 import sys
@@ -249,9 +251,9 @@ class _NumbaMSDeformAttn(torch.autograd.Function):
         N, S, M, D = value.shape
         Lq = sampling_locations.shape[1]
         output = value.new_zeros((N, Lq, M * D))
-        _use_torch_thread_count()
-        kernels.ms_deform_attn_forward(_np(value), _np(spatial_shapes), _np(level_start_index),
-                                       _np(sampling_locations), _np(attention_weights), _np(output))
+        with _torch_thread_count():
+            kernels.ms_deform_attn_forward(_np(value), _np(spatial_shapes), _np(level_start_index),
+                                           _np(sampling_locations), _np(attention_weights), _np(output))
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
                               attention_weights)
         return output
@@ -265,10 +267,10 @@ class _NumbaMSDeformAttn(torch.autograd.Function):
         grad_value = torch.zeros_like(value)
         grad_locations = torch.empty_like(sampling_locations)
         grad_weights = torch.empty_like(attention_weights)
-        _use_torch_thread_count()
-        kernels.ms_deform_attn_backward(_np(value), _np(spatial_shapes), _np(level_start_index),
-                                        _np(sampling_locations), _np(attention_weights), _np(grad_output),
-                                        _np(grad_value), _np(grad_locations), _np(grad_weights))
+        with _torch_thread_count():
+            kernels.ms_deform_attn_backward(_np(value), _np(spatial_shapes), _np(level_start_index),
+                                            _np(sampling_locations), _np(attention_weights), _np(grad_output),
+                                            _np(grad_value), _np(grad_locations), _np(grad_weights))
         return grad_value, None, None, grad_locations, grad_weights
 
 
@@ -303,12 +305,25 @@ def _np(t: torch.Tensor):
     return t.detach().numpy()
 
 
-def _use_torch_thread_count() -> None:
+@contextlib.contextmanager
+def _torch_thread_count():
     """Run numba's parallel loops on as many threads as torch uses (torch.set_num_threads), capped
-    by the size of numba's pool."""
+    by the size of numba's pool, and leave torch's count as it was.
+
+    Why the restore: numba's OpenMP threading layer shares libgomp with torch, and starting its
+    pool sets the calling thread's OpenMP thread count to the pool's size (the machine's cores),
+    which torch then reports and uses as its own. Without it, a process told to use one thread
+    (OMP_NUM_THREADS=1, torch.set_num_threads(1)) ran two after its first numba call: two such
+    trainings on 2 cores ran 4 threads and took about twice as long per step."""
     import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------------------------------

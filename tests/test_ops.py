@@ -186,6 +186,34 @@ def test_numba_half_inputs_are_computed_in_float32():
         assert _max_rel(out.float(), ref_out) < 2e-2
 
 
+@needs_numba
+def test_numba_leaves_torch_thread_count_alone():
+    """A process told to use one thread keeps one after numba's kernels ran: numba's OpenMP pool
+    shares libgomp with torch and its start used to raise torch's count to the pool's size (two
+    one-thread trainings on 2 cores then ran 4 threads). A fresh process, so the pool starts here."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])
+    code = ("import torch\n"
+            "from msdetr_lite.ops import ms_deform_attn\n"
+            "torch.set_num_threads(1)\n"
+            "shapes, starts = torch.tensor([[4, 4], [2, 2]]), torch.tensor([0, 16])\n"
+            "value = torch.randn(1, 20, 2, 4, requires_grad=True)\n"
+            "loc, w = torch.rand(1, 5, 2, 2, 2, 2), torch.rand(1, 5, 2, 2, 2)\n"
+            "counts = []\n"
+            "for _ in range(2):\n"
+            "    ms_deform_attn(value, shapes, starts, loc, w, backend='numba').sum().backward()\n"
+            "    counts.append(torch.get_num_threads())\n"
+            "print(counts)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "NUMBA_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[1, 1]"
+
+
 # Half-precision results against float64 on the *same* half-precision numbers: the kernels read
 # float16 / bfloat16 inputs exactly, compute in float32 and round each result once to the dtype (at
 # most eps / 2 relative). float32 accumulation adds about 1e-7 of the summed magnitudes, far below a
