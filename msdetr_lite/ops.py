@@ -314,7 +314,7 @@ def _torch_thread_count():
     pool sets the calling thread's OpenMP thread count to the pool's size (the machine's cores),
     which torch then reports and uses as its own. Without it, a process told to use one thread
     (OMP_NUM_THREADS=1, torch.set_num_threads(1)) ran two after its first numba call: two such
-    trainings on 2 cores ran 4 threads and took about twice as long per step."""
+    trainings on 2 cores ran 4 threads and took up to twice as long per step."""
     import numba
 
     n = torch.get_num_threads()
