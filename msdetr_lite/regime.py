@@ -185,6 +185,17 @@ def summarize(records: Sequence[dict]) -> list[dict]:
     return out
 
 
+def per_epoch(records: Sequence[dict], cell: str, scheme: str, key: str = "duplicates") -> list[dict]:
+    """One scheme's `key` ("AP", "AP_nms" or "duplicates") after every epoch all its seeds evaluated
+    in a cell: [{"epoch", "mean", "spread", "n", "min", "max"}]; seeds without per-epoch records
+    are left out ([] if none has them)."""
+    runs = [{e["epoch"]: e for e in r["epochs"]} for r in records
+            if r["cell"] == cell and r["scheme"] == scheme and r.get("epochs")]
+    epochs = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
+    return [{"epoch": epoch, **_mean_spread([r[epoch][key] for r in runs])} for epoch in epochs
+            if all(r[epoch][key] is not None for r in runs)]
+
+
 def gap_per_epoch(records: Sequence[dict], cell: str, scheme: str = "ms") -> list[dict]:
     """`scheme` minus o2o in one cell after every epoch both evaluated, paired by seed:
     [{"epoch", "AP": {mean, spread, n}, "AP_nms": {...} or None}] (AP_nms None where an epoch was
@@ -234,4 +245,4 @@ def plot_study(summary: Sequence[dict], path: Optional[str | Path] = None):
 
 
 __all__ = ["BASE_OVERRIDES", "CELLS", "Cell", "NMS_FILE", "NMS_IOU", "SCHEMES", "collect", "format_table",
-           "gap_per_epoch", "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]
+           "gap_per_epoch", "per_epoch", "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]

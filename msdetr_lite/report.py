@@ -237,6 +237,19 @@ def regime_lr_drops(study: Mapping, cells: Sequence[str], scheme: str = "ms") ->
     return out
 
 
+def regime_epoch_duplicates(study: Mapping, cells: Sequence[str], schemes: Sequence[str] = ("o2o", "ms")) -> dict:
+    """{cell: {scheme: regime.per_epoch(..., "duplicates")}}: duplicates per image of the final layer
+    after every epoch, mean over seeds; cells and schemes without per-epoch records left out."""
+    from .regime import per_epoch
+    out = {}
+    for cell in cells:
+        found = {s: per_epoch(study.get("runs", []), cell, s) for s in schemes}
+        found = {s: v for s, v in found.items() if v}
+        if found:
+            out[cell] = found
+    return out
+
+
 def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -> Optional[str]:
     """Sentences on one cell's `scheme` minus o2o after every epoch (x100, mean over seeds): the
     epochs where `scheme` leads NMS-free, and what each scheme gains from the lr drop to the end.
@@ -262,6 +275,11 @@ def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -
             f"{series('AP_nms')} (mean over {n} seed{'s' if n != 1 else ''}). NMS-free, {scheme} is ahead of o2o "
             f"in every seed {after(ahead)} and behind in every seed {after(behind)}"
             + (f"; the seeds disagree {after(split)}." if split else "."))
+    dups = regime_epoch_duplicates(study, [cell], ("o2o", scheme)).get(cell, {})
+    if len(dups) == 2:
+        text += (" Duplicates per image (final layer) after each epoch: o2o "
+                 + ", ".join(f"{d['mean']:.1f}" for d in dups["o2o"]) + f"; {scheme} "
+                 + ", ".join(f"{d['mean']:.1f}" for d in dups[scheme]) + ".")
     drop = regime_lr_drops(study, [cell], scheme).get(cell)
     at = {g["epoch"]: g for g in gap}
     if drop in at and drop < last:

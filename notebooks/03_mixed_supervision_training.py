@@ -187,15 +187,17 @@ else:
 # Is it a matter of time? The paper trains 12 COCO epochs with the lr dropped tenfold after 11;
 # the demo trains 4 with the drop after 3. Below, the same differences to o2o after *every*
 # epoch (each run evaluates after each epoch), for the demo's cell and, where the study has run
-# it, for `ep8` (8 epochs, the drop after 6). Vertical lines: where each cell's lr drops. The
-# sentences under the figure read its numbers: in which epochs MS-DETR leads NMS-free, and what
-# each scheme gains once the lr drops.
+# it, for `ep8` (8 epochs, the drop after 6). Vertical lines: where each cell's lr drops. Right:
+# the duplicates per image behind the NMS-free numbers. The sentences under the figure read its
+# numbers: in which epochs MS-DETR leads NMS-free, the duplicates, and what each scheme gains
+# once the lr drops.
 
 # %%
 if study is not None:
     gaps = report.regime_epoch_gaps(study)
     if gaps:
-        display(viz.plot_regime_epochs(gaps, study["nms_iou"], lr_drops=report.regime_lr_drops(study, list(gaps))))
+        display(viz.plot_regime_epochs(gaps, study["nms_iou"], lr_drops=report.regime_lr_drops(study, list(gaps)),
+                                       duplicates=report.regime_epoch_duplicates(study, list(gaps))))
         for cell in gaps:
             display(Markdown(report.describe_epoch_gap(study, cell)))
     else:

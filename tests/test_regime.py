@@ -91,6 +91,10 @@ def test_gap_per_epoch_pairs_seeds_epoch_by_epoch(tmp_path):
     assert gap[1]["AP_nms"]["mean"] == pytest.approx((0.1 + 0.1) / 2)
     assert gap[2]["AP_nms"] is None                                 # seed 1's ms scored epoch 3 without NMS
     assert regime.gap_per_epoch(records, "ep8", "hybrid") == [] and regime.gap_per_epoch(records, "demo") == []
+    dups = regime.per_epoch(records, "ep8", "o2o")                 # duplicates of the final layer = epoch here
+    assert [(d["epoch"], d["mean"], d["n"]) for d in dups] == [(1, 1.0, 2), (2, 2.0, 2), (3, 3.0, 2)]
+    assert [d["epoch"] for d in regime.per_epoch(records, "ep8", "ms", "AP_nms")] == [1, 2]   # seed 1: no NMS at 3
+    assert regime.per_epoch(records, "demo", "o2o") == []
 
 
 @pytest.mark.slow

@@ -516,6 +516,12 @@ def test_regime_per_epoch_gap_text_and_plot():
     assert [line.get_xdata()[0] for line in fig.axes[0].lines[2:4]] == [1.5, 3.5]
     fig = viz.plot_regime_epochs(gaps, 0.7, lr_drops={"demo": 3, "ep8": 3})      # one shared drop: one line
     assert [t.get_text() for t in fig.axes[0].texts] == ["lr drop"]
+    dups = report.regime_epoch_duplicates(study, list(gaps))
+    assert list(dups) == ["demo", "ep8"] and [d["mean"] for d in dups["ep8"]["ms"]] == [1.0] * 4
+    fig = viz.plot_regime_epochs(gaps, 0.7, duplicates=dups)            # a third panel: duplicates per scheme
+    assert len(fig.axes) == 3 and fig.axes[2].get_legend_handles_labels()[1] == \
+        ["o2o (demo)", "ms (demo)", "o2o (ep8)", "ms (ep8)"]
+    assert fig.axes[2].lines[0].get_linestyle() == "--" and fig.axes[2].lines[1].get_linestyle() == "-"
 
 
 def test_regime_epoch_gap_sentence_reads_the_lr_drop():
@@ -529,6 +535,7 @@ def test_regime_epoch_gap_sentence_reads_the_lr_drop():
                       run("o2o", 1, [0.16, 0.22, 0.322, 0.476]), run("ms", 1, [0.12, 0.19, 0.364, 0.412])]}
     text = report.describe_epoch_gap(study, "demo")
     assert "after epochs 1 to 4, NMS-free: -5.0, -1.7, +2.3, -5.1; with NMS: -5.0, -1.7, +2.3, -5.1" in text
+    assert "Duplicates per image (final layer) after each epoch: o2o 1.0, 1.0, 1.0, 1.0; ms 1.0, 1.0, 1.0, 1.0." in text
     assert ("(mean over 2 seeds). NMS-free, ms is ahead of o2o in every seed after epoch 3 and behind in every seed "
             "after epochs 1, 2, 4.") in text
     assert "after epoch 3; from there to epoch 4 o2o gains 12.8 AP NMS-free and ms 5.4" in text

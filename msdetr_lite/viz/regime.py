@@ -6,7 +6,7 @@ from typing import Mapping, Optional, Sequence
 from matplotlib.ticker import MaxNLocator
 
 from .figures import new_figure
-from .palette import scheme_color, scheme_label
+from .palette import scheme_color, scheme_label, scheme_style
 
 GOAL_AP = 2.0          # the study's bar: a scheme at least 2 AP above o2o
 
@@ -41,16 +41,20 @@ def plot_regime(summary: Sequence[dict], nms_iou: float, schemes: Sequence[str] 
 
 
 def plot_regime_epochs(gaps: Mapping[str, Sequence[dict]], nms_iou: float, scheme: str = "ms",
-                       lr_drops: Optional[Mapping[str, int]] = None):
+                       lr_drops: Optional[Mapping[str, int]] = None,
+                       duplicates: Optional[Mapping[str, Mapping[str, Sequence[dict]]]] = None):
     """Two panels, NMS-free and with NMS at `nms_iou`: `scheme`'s AP minus o2o's (x100) after every
     epoch, one line per cell (`regime.gap_per_epoch` of each), the mean over seeds with the seeds'
     range shaded; a dotted vertical line where a cell's lr drops (`lr_drops`: {cell: train.lr_drop},
-    the epochs after it run at a tenth of the lr). Returns the Figure."""
+    the epochs after it run at a tenth of the lr). With `duplicates` ({cell: {scheme:
+    regime.per_epoch(...)}}) a third panel: duplicates per image of each scheme after every epoch
+    (o2o dashed, MS-DETR solid; one marker per cell). Returns the Figure."""
     lr_drops = lr_drops or {}
-    fig, axes = new_figure(1, 2, panel=(4.6, 3.6), sharey=True)
+    fig, axes = new_figure(1, 3 if duplicates else 2, panel=(4.6, 3.6))
+    axes[0, 1].sharey(axes[0, 0])
     styles = ("-", "--", ":", "-.")
     titles = ("NMS-free (as the detector runs)", f"with NMS at IoU {nms_iou}")
-    for ax, key, title in zip(axes[0], ("AP", "AP_nms"), titles):
+    for ax, key, title in zip(axes[0][:2], ("AP", "AP_nms"), titles):
         for i, (cell, gap) in enumerate(gaps.items()):
             pts = [(g["epoch"], g[key]) for g in gap if g.get(key) is not None]
             if not pts:
@@ -79,4 +83,18 @@ def plot_regime_epochs(gaps: Mapping[str, Sequence[dict]], nms_iou: float, schem
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel(f"{scheme_label(scheme)} AP minus o2o AP (x100)", fontsize=10)
     axes[0, 0].legend(fontsize=9)
+    if duplicates:
+        ax = axes[0, 2]
+        markers = ("o", "s", "^", "D")
+        for i, (cell, by_scheme) in enumerate(duplicates.items()):
+            for s, pts in by_scheme.items():
+                ax.plot([p["epoch"] for p in pts], [p["mean"] for p in pts], scheme_style(s, s),
+                        marker=markers[i % len(markers)], ms=4, color=scheme_color(s, s),
+                        label=f"{s} ({cell})" if len(duplicates) > 1 else s)
+        ax.set_title("duplicates per image, final layer", fontsize=11)
+        ax.set_xlabel("epoch", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return fig
