@@ -201,8 +201,8 @@ def gap_per_epoch(records: Sequence[dict], cell: str, scheme: str = "ms") -> lis
     [{"epoch", "AP": {mean, spread, n}, "AP_nms": {...} or None}] (AP_nms None where an epoch was
     scored without NMS for some seed). Empty when no seed has both schemes' epoch records."""
     def by_seed(s: str) -> dict[int, dict[int, dict]]:
-        return {r["seed"]: {e["epoch"]: e for e in r.get("epochs", [])}
-                for r in records if r["cell"] == cell and r["scheme"] == s}
+        return {r["seed"]: {e["epoch"]: e for e in r["epochs"]}
+                for r in records if r["cell"] == cell and r["scheme"] == s and r.get("epochs")}
 
     ours, base = by_seed(scheme), by_seed("o2o")
     seeds = sorted(set(ours) & set(base))

@@ -79,7 +79,8 @@ def test_gap_per_epoch_pairs_seeds_epoch_by_epoch(tmp_path):
         run = tmp_path / "ep8" / f"{scheme}_s{seed}"
         _fake_run(run, aps[-1], 0.5)
         _epoch_metrics(run, aps, nms)
-    _fake_run(tmp_path / "ep8" / "ms_s2", 0.3, 0.5)                 # no metrics.jsonl: no epochs, no pair
+    for scheme in ("o2o", "ms"):                                  # no metrics.jsonl: no epochs, left out
+        _fake_run(tmp_path / "ep8" / f"{scheme}_s2", 0.3, 0.5)
     records = regime.collect(tmp_path, regime.CELLS, ["ep8"], ["o2o", "ms"], [0, 1, 2])
     ms0 = next(r for r in records if r["scheme"] == "ms" and r["seed"] == 0)
     assert ms0["epochs"][1] == {"epoch": 2, "AP": 0.2, "AP_nms": 0.5, "duplicates": 2.0}
