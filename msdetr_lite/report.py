@@ -324,10 +324,22 @@ def describe_schedule(study: Mapping, cell: str = "ep8", base: str = "demo", sch
         text += f" The longer schedule widens the NMS-free gap by {-change:.1f} AP"
     else:
         text += f" The longer schedule moves the NMS-free gap by {change:+.1f} AP, less than {goal:g}"
-    lead = 100 * end_cell["AP"]["mean"]
-    text += (f"; {scheme} {'leads' if lead > 0 else 'still trails'} o2o NMS-free at the end of `{cell}`." if lead
-             else ".")
+    text += "; " + _standing(scheme, end_cell["AP"], "NMS-free", cell)
+    if end_cell.get("AP_nms") is not None:
+        text += " " + _standing(scheme, end_cell["AP_nms"], "with NMS", cell)
     return text
+
+
+def _standing(scheme: str, d: Mapping, how: str, cell: str) -> str:
+    """'ms leads o2o NMS-free at the end of `ep8` in every seed (+1.0).' (or trails, or is level where
+    the seeds disagree) from a paired difference {mean, min, max}."""
+    if d["min"] > 0:
+        verb = "leads o2o"
+    elif d["max"] < 0:
+        verb = "trails o2o"
+    else:
+        return f"{scheme} is level with o2o {how} at the end of `{cell}` (the seeds disagree: {100 * d['mean']:+.1f})."
+    return f"{scheme} {verb} {how} at the end of `{cell}` in every seed ({100 * d['mean']:+.1f})."
 
 
 def regime_rows(study: Mapping) -> list[dict]:

@@ -499,11 +499,16 @@ def test_regime_per_epoch_gap_text_and_plot():
     assert "`ep8` trains both schemes for 4 epochs instead of 2" in text
     assert "NMS-free: -6.0 at the end of `demo`, -7.0 after epoch 2 of `ep8`, -1.0 at its end" in text
     assert "with NMS: +6.0, +7.0, +8.0 (mean over 1 seed)" in text
-    assert "narrows the NMS-free gap by 5.0 AP; ms still trails o2o NMS-free at the end of `ep8`" in text
+    assert ("narrows the NMS-free gap by 5.0 AP; ms trails o2o NMS-free at the end of `ep8` in every seed (-1.0). "
+            "ms leads o2o with NMS at the end of `ep8` in every seed (+8.0).") in text
     study["runs"][3]["epochs"][-1]["AP"] = 0.41                     # the gap widens instead
     assert "widens the NMS-free gap by 3.0 AP" in report.describe_schedule(study)
     study["runs"][3]["epochs"][-1]["AP"] = 0.53                     # ...or ms ends ahead
-    assert "ms leads o2o NMS-free" in report.describe_schedule(study)
+    assert "ms leads o2o NMS-free at the end of `ep8` in every seed (+3.0)" in report.describe_schedule(study)
+    study["runs"].append(runs("ep8", "o2o", 1, [0.2, 0.4, 0.45, 0.5], [0.3, 0.5, 0.55, 0.6]))
+    study["runs"].append(runs("ep8", "ms", 1, [0.15, 0.33, 0.43, 0.45], [0.35, 0.57, 0.62, 0.68]))
+    assert "ms is level with o2o NMS-free at the end of `ep8` (the seeds disagree: -1.0)" in \
+        report.describe_schedule(study)
     assert report.describe_schedule({"runs": study["runs"][:2]}) is None        # no ep8 yet
     assert report.regime_epoch_gaps({"runs": [{"cell": "demo", "scheme": "ms", "seed": 0}]}) == {}
     fig = viz.plot_regime_epochs(gaps, 0.7)
