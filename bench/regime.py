@@ -95,7 +95,16 @@ def report(args) -> int:
                                "cells": cells, "summary": summary, "runs": records}, indent=2) + "\n")
     plot = out.with_suffix(".png")
     regime.plot_study(summary, plot)
-    print(f"\nwrote {out} and {plot}")
+    written = [out, plot]
+    from msdetr_lite import report as study_report, viz
+    study = {"runs": records}
+    gaps = study_report.regime_epoch_gaps(study)           # demo and ep8: the schedule question
+    if gaps:                                  # the gap and the duplicates epoch by epoch
+        epochs_plot = out.with_name(out.stem + "_epochs.png")
+        viz.save_figure(viz.plot_regime_epochs(gaps, regime.NMS_IOU, lr_drops=study_report.regime_lr_drops(
+            study, list(gaps)), duplicates=study_report.regime_epoch_duplicates(study, list(gaps))), epochs_plot)
+        written.append(epochs_plot)
+    print("\nwrote " + ", ".join(map(str, written)))
     return 0
 
 

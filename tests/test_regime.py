@@ -114,6 +114,7 @@ def test_bench_regime_end_to_end_and_resumable(tmp_path):
     out = json.loads((tmp_path / "regime.json").read_text())
     assert [e["cell"] for e in out["summary"]] == ["demo", "o2m_half"]
     assert set(out["summary"][1]["delta"]) == {"ms"} and (tmp_path / "regime.png").is_file()
+    assert (tmp_path / "regime_epochs.png").stat().st_size > 0          # the gap epoch by epoch
     assert all(0.0 <= r["AP"] <= 1.0 and 0.0 <= r["AP_nms"] <= 1.0 for r in out["runs"])
     # per-epoch records from each run's metrics.jsonl (MICRO trains 1 epoch), the lr drop from its config
     assert all([e["epoch"] for e in r["epochs"]] == [1] and r["epochs"][0]["AP"] == r["AP"]
