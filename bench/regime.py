@@ -97,13 +97,11 @@ def report(args) -> int:
     regime.plot_study(summary, plot)
     written = [out, plot]
     from msdetr_lite import report as study_report, viz
-    study = {"runs": records}
-    gaps = study_report.regime_epoch_gaps(study)           # demo and ep8: the schedule question
-    if gaps:                                  # the gap and the duplicates epoch by epoch
-        epochs_plot = out.with_name(out.stem + "_epochs.png")
-        viz.save_figure(viz.plot_regime_epochs(gaps, regime.NMS_IOU, lr_drops=study_report.regime_lr_drops(
-            study, list(gaps)), duplicates=study_report.regime_epoch_duplicates(study, list(gaps))), epochs_plot)
-        written.append(epochs_plot)
+    # demo and ep8, the schedule question: the gap and the duplicates epoch by epoch
+    fig = study_report.regime_epochs_figure({"runs": records, "nms_iou": regime.NMS_IOU})
+    if fig is not None:
+        written.append(out.with_name(out.stem + "_epochs.png"))
+        viz.save_figure(fig, written[-1])
     print("\nwrote " + ", ".join(map(str, written)))
     return 0
 

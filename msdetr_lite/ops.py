@@ -32,7 +32,6 @@ Backends:
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
 import logging
 import sys

@@ -104,9 +104,9 @@ def run_record(path: str | Path) -> Optional[dict]:
     """The numbers of one finished run folder (None until it has finished and has an evaluation
     with NMS): AP, AP50 and AP with NMS of the final layer, per-layer APs, duplicates per image at
     the final layer, mean seconds per epoch, "lr_drop" (train.lr_drop of config.json: the epochs
-    after the first lr_drop run at a tenth of the lr; None without config.json) and "epochs": the
-    final layer's AP, AP with NMS and duplicates after every evaluated epoch (AP_nms None where
-    that epoch was scored without NMS)."""
+    after the first lr_drop run at a tenth of the lr) and "epochs": the final layer's AP, AP with
+    NMS and duplicates after every evaluated epoch (AP_nms None where that epoch was scored without
+    NMS); lr_drop None and epochs [] for a folder without metrics.jsonl and config.json."""
     path = Path(path)
     if not (path / "eval.json").is_file():
         return None
@@ -114,31 +114,25 @@ def run_record(path: str | Path) -> Optional[dict]:
     if ev is None:
         return None
     train_eval = json.loads((path / "eval.json").read_text())
+    from .runs import METRICS_FILE, load_run
+    run = load_run(path) if (path / METRICS_FILE).is_file() else None     # config + per-epoch records
     return {"AP": ev["final"]["AP"], "AP50": ev["final"]["AP50"],
             "AP_nms": ev["nms"]["final"]["AP"], "AP50_nms": ev["nms"]["final"]["AP50"],
             "AP_per_layer": [m["AP"] for m in ev["layers"]],
             "AP_nms_per_layer": [m["AP"] for m in ev["nms"]["layers"]],
             "duplicates": ev["duplicates"]["per_image"][-1],
             "epoch_time_s": train_eval.get("mean_epoch_time"),
-            "lr_drop": _config(path).get("train", {}).get("lr_drop"),
-            "epochs": _epoch_records(path)}
+            "lr_drop": run.config.get("train", {}).get("lr_drop") if run else None,
+            "epochs": _epoch_records(run) if run else []}
 
 
-def _config(path: Path) -> dict:
-    from .runs import CONFIG_FILE
-    return json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
-
-
-def _epoch_records(path: Path) -> list[dict]:
-    """[{"epoch", "AP", "AP_nms", "duplicates"}] of the final layer after each evaluated epoch
-    ([] for a folder without metrics.jsonl)."""
-    from .runs import METRICS_FILE, load_run
-    if not (path / METRICS_FILE).is_file():
-        return []
+def _epoch_records(run) -> list[dict]:
+    """[{"epoch", "AP", "AP_nms", "duplicates"}] of the final layer after each evaluated epoch of a
+    runs.Run."""
     return [{"epoch": epoch, "AP": ev["final"]["AP"],
              "AP_nms": ev["nms"]["final"]["AP"] if ev.get("nms", {}).get("iou") == NMS_IOU else None,
              "duplicates": ev["duplicates"]["per_image"][-1]}
-            for epoch, ev in load_run(path).epoch_evals()]
+            for epoch, ev in run.epoch_evals()]
 
 
 def collect(root: str | Path, cells: Mapping[str, Cell], names: Iterable[str], schemes: Sequence[str],
@@ -185,12 +179,18 @@ def summarize(records: Sequence[dict]) -> list[dict]:
     return out
 
 
+def _epochs_by_seed(records: Sequence[dict], cell: str, scheme: str) -> dict[int, dict[int, dict]]:
+    """{seed: {epoch: per-epoch record}} of one scheme in a cell; seeds without per-epoch records
+    (runs from before they were kept) are left out."""
+    return {r["seed"]: {e["epoch"]: e for e in r["epochs"]}
+            for r in records if r["cell"] == cell and r["scheme"] == scheme and r.get("epochs")}
+
+
 def per_epoch(records: Sequence[dict], cell: str, scheme: str, key: str = "duplicates") -> list[dict]:
     """One scheme's `key` ("AP", "AP_nms" or "duplicates") after every epoch all its seeds evaluated
     in a cell: [{"epoch", "mean", "spread", "n", "min", "max"}]; seeds without per-epoch records
     are left out ([] if none has them)."""
-    runs = [{e["epoch"]: e for e in r["epochs"]} for r in records
-            if r["cell"] == cell and r["scheme"] == scheme and r.get("epochs")]
+    runs = list(_epochs_by_seed(records, cell, scheme).values())
     epochs = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
     return [{"epoch": epoch, **_mean_spread([r[epoch][key] for r in runs])} for epoch in epochs
             if all(r[epoch][key] is not None for r in runs)]
@@ -200,11 +200,7 @@ def gap_per_epoch(records: Sequence[dict], cell: str, scheme: str = "ms") -> lis
     """`scheme` minus o2o in one cell after every epoch both evaluated, paired by seed:
     [{"epoch", "AP": {mean, spread, n}, "AP_nms": {...} or None}] (AP_nms None where an epoch was
     scored without NMS for some seed). Empty when no seed has both schemes' epoch records."""
-    def by_seed(s: str) -> dict[int, dict[int, dict]]:
-        return {r["seed"]: {e["epoch"]: e for e in r["epochs"]}
-                for r in records if r["cell"] == cell and r["scheme"] == s and r.get("epochs")}
-
-    ours, base = by_seed(scheme), by_seed("o2o")
+    ours, base = _epochs_by_seed(records, cell, scheme), _epochs_by_seed(records, cell, "o2o")
     seeds = sorted(set(ours) & set(base))
     epochs = sorted(set.intersection(*(set(ours[s]) & set(base[s]) for s in seeds))) if seeds else []
     out = []

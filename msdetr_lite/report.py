@@ -250,11 +250,22 @@ def regime_epoch_duplicates(study: Mapping, cells: Sequence[str], schemes: Seque
     return out
 
 
+def regime_epochs_figure(study: Mapping, cells: Sequence[str] = ("demo", "ep8"), scheme: str = "ms"):
+    """viz.plot_regime_epochs of a study's `cells` that have per-epoch records: the gap to o2o after
+    every epoch, where each lr drops, the duplicates per image of o2o and `scheme`; None if none has."""
+    gaps = regime_epoch_gaps(study, cells, scheme)
+    if not gaps:
+        return None
+    return viz.plot_regime_epochs(gaps, study.get("nms_iou", NMS_IOU), scheme,
+                                  lr_drops=regime_lr_drops(study, list(gaps), scheme),
+                                  duplicates=regime_epoch_duplicates(study, list(gaps), ("o2o", scheme)))
+
+
 def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -> Optional[str]:
     """Sentences on one cell's `scheme` minus o2o after every epoch (x100, mean over seeds): the
     epochs where `scheme` leads NMS-free, and what each scheme gains from the lr drop to the end.
     None without per-epoch records of both schemes."""
-    from .regime import gap_per_epoch
+    from .regime import gap_per_epoch, per_epoch
     gap = gap_per_epoch(study.get("runs", []), cell, scheme)
     if not gap:
         return None
@@ -267,9 +278,8 @@ def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -
         return f"after epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else \
             "after no epoch"
 
-    # ahead / behind only where every seed says so; a mean inside the seeds' spread is not a lead
-    ahead = [g["epoch"] for g in gap if g["AP"]["min"] > 0]
-    behind = [g["epoch"] for g in gap if g["AP"]["max"] < 0]
+    ahead = [g["epoch"] for g in gap if _every_seed(g["AP"]) > 0]
+    behind = [g["epoch"] for g in gap if _every_seed(g["AP"]) < 0]
     split = [g["epoch"] for g in gap if g["epoch"] not in ahead + behind]
     text = (f"In `{cell}`, {scheme} minus o2o after epochs 1 to {last}, NMS-free: {series('AP')}; with NMS: "
             f"{series('AP_nms')} (mean over {n} seed{'s' if n != 1 else ''}). NMS-free, {scheme} is ahead of o2o "
@@ -283,11 +293,9 @@ def describe_epoch_gap(study: Mapping, cell: str = "demo", scheme: str = "ms") -
     drop = regime_lr_drops(study, [cell], scheme).get(cell)
     at = {g["epoch"]: g for g in gap}
     if drop in at and drop < last:
-        def gain(s: str) -> float:
-            vals = [next(e["AP"] for e in r["epochs"] if e["epoch"] == last)
-                    - next(e["AP"] for e in r["epochs"] if e["epoch"] == drop)
-                    for r in study["runs"] if r["cell"] == cell and r["scheme"] == s]
-            return 100 * statistics.fmean(vals)
+        def gain(s: str) -> float:                # mean AP after the last epoch minus after the drop's
+            ap = {p["epoch"]: p["mean"] for p in per_epoch(study["runs"], cell, s, "AP")}
+            return 100 * (ap[last] - ap[drop])
         before, end = 100 * at[drop]["AP"]["mean"], 100 * at[last]["AP"]["mean"]
         text += (f" The lr drops tenfold after epoch {drop}; from there to epoch {last} o2o gains "
                  f"{gain('o2o'):.1f} AP NMS-free and {scheme} {gain(scheme):.1f}")
@@ -330,13 +338,18 @@ def describe_schedule(study: Mapping, cell: str = "ep8", base: str = "demo", sch
     return text
 
 
+def _every_seed(d: Mapping) -> int:
+    """+1 where every seed's paired difference {min, max} is above zero, -1 where every one is
+    below, 0 where the seeds disagree: a mean inside the seeds' spread is not a lead."""
+    return 1 if d["min"] > 0 else -1 if d["max"] < 0 else 0
+
+
 def _standing(scheme: str, d: Mapping, how: str, cell: str) -> str:
     """'ms leads o2o NMS-free at the end of `ep8` in every seed (+1.0).' (or trails, or is level where
     the seeds disagree) from a paired difference {mean, min, max}."""
-    if d["min"] > 0:
-        verb = "leads o2o"
-    elif d["max"] < 0:
-        verb = "trails o2o"
+    sign = _every_seed(d)
+    if sign:
+        verb = "leads o2o" if sign > 0 else "trails o2o"
     else:
         return f"{scheme} is level with o2o {how} at the end of `{cell}` (the seeds disagree: {100 * d['mean']:+.1f})."
     return f"{scheme} {verb} {how} at the end of `{cell}` in every seed ({100 * d['mean']:+.1f})."

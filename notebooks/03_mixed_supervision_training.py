@@ -196,8 +196,7 @@ else:
 if study is not None:
     gaps = report.regime_epoch_gaps(study)
     if gaps:
-        display(viz.plot_regime_epochs(gaps, study["nms_iou"], lr_drops=report.regime_lr_drops(study, list(gaps)),
-                                       duplicates=report.regime_epoch_duplicates(study, list(gaps))))
+        display(report.regime_epochs_figure(study))
         for cell in gaps:
             display(Markdown(report.describe_epoch_gap(study, cell)))
     else:

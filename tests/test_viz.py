@@ -527,6 +527,9 @@ def test_regime_per_epoch_gap_text_and_plot():
     assert len(fig.axes) == 3 and fig.axes[2].get_legend_handles_labels()[1] == \
         ["o2o (demo)", "ms (demo)", "o2o (ep8)", "ms (ep8)"]
     assert fig.axes[2].lines[0].get_linestyle() == "--" and fig.axes[2].lines[1].get_linestyle() == "-"
+    fig = report.regime_epochs_figure(study)                          # what notebook 03 and bench/regime.py draw
+    assert len(fig.axes) == 3 and [t.get_text() for t in fig.axes[0].texts] == ["lr drop (demo)", "lr drop (ep8)"]
+    assert report.regime_epochs_figure({"runs": study["runs"][:1]}) is None
 
 
 def test_regime_epoch_gap_sentence_reads_the_lr_drop():

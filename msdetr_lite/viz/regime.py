@@ -77,10 +77,6 @@ def plot_regime_epochs(gaps: Mapping[str, Sequence[dict]], nms_iou: float, schem
                         textcoords="offset points", rotation=90, ha="right", va="bottom", fontsize=8, color="grey")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(title, fontsize=11)
-        ax.set_xlabel("epoch", fontsize=10)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=9)
-        ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel(f"{scheme_label(scheme)} AP minus o2o AP (x100)", fontsize=10)
     axes[0, 0].legend(fontsize=9)
     if duplicates:
@@ -92,9 +88,10 @@ def plot_regime_epochs(gaps: Mapping[str, Sequence[dict]], nms_iou: float, schem
                         marker=markers[i % len(markers)], ms=4, color=scheme_color(s, s),
                         label=f"{s} ({cell})" if len(duplicates) > 1 else s)
         ax.set_title("duplicates per image, final layer", fontsize=11)
+        ax.legend(fontsize=8)
+    for ax in axes[0]:                                     # every panel: epochs on x
         ax.set_xlabel("epoch", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     return fig
