@@ -108,6 +108,10 @@ class LossConfig:
     # this epoch; later epochs train the o2o branch alone, so it can learn to suppress the
     # duplicates that o2m supervision creates (the regime study's `o2m_off_last` cell).
     o2m_last_epoch: int = 0
+    # A departure, off by default (0 = every layer): o2m losses on the first o2m_layers decoder
+    # layers only, so the last layers and their heads are trained one-to-one alone and keep a
+    # stage that learns to de-duplicate (as H-DETR's hybrid-layer variant and Align-DETR do).
+    o2m_layers: int = 0
 
 
 @dataclass
@@ -144,6 +148,9 @@ class TrainConfig:
     # every evaluation also scores AP after class-wise NMS at this IoU (0 = off): the headline AP
     # stays NMS-free, the difference is what duplicates cost (evaluation.evaluate(nms_iou=...))
     eval_nms_iou: float = 0.7
+    # keep a weights-only snapshot of every epoch (epoch_N.pth beside checkpoint.pth): what the
+    # regime study's mechanism probe reads to follow the decoder epoch by epoch
+    keep_snapshots: bool = False
 
 
 @dataclass
@@ -160,7 +167,11 @@ class Config:
     def problems(self) -> list[str]:
         """Every problem of every field (type, range, allowed values, cross-field rules), one
         line each naming the field; [] for a valid config."""
-        return [p for f in dataclasses.fields(self) for p in section_problems(f.name, getattr(self, f.name))]
+        problems = [p for f in dataclasses.fields(self) for p in section_problems(f.name, getattr(self, f.name))]
+        if not problems and self.loss.o2m_layers > self.model.num_decoder_layers:
+            problems.append(f"loss.o2m_layers={self.loss.o2m_layers} is more than the decoder has "
+                            f"(model.num_decoder_layers={self.model.num_decoder_layers}); 0 means every layer")
+        return problems
 
     def validate(self) -> "Config":
         """Raise ConfigError with all `problems()`; returns the config when there are none."""

@@ -60,7 +60,7 @@ from msdetr_lite.config import Config, ConfigError
 from msdetr_lite.data.loaders import build_train_loader, build_val_loader
 from msdetr_lite.distributed import DistInfo, init_distributed, maybe_sync_batchnorm, mean_over_ranks, unwrap
 from msdetr_lite.optim import apply_schedule, build_optimizer, clip_gradients, current_lrs
-from msdetr_lite.rundir import (CHECKPOINT, EVAL, FINAL, METRICS, RunDirError, append_jsonl, check_resumable,
+from msdetr_lite.rundir import (CHECKPOINT, EVAL, FINAL, METRICS, SNAPSHOT, RunDirError, append_jsonl, check_resumable,
                                 claim_run_dir, config_changes, keep_metrics_before, raise_together)
 
 # Moved out of this module (checkpoint.py, data/loaders.py, optim.py, rundir.py); still importable
@@ -387,6 +387,9 @@ def _save_checkpoint(run: Run) -> None:
             "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "epoch": run.epoch, "step": run.step, "config": run.cfg.to_dict(), "best_ap": run.best_ap,
             "best_epoch": run.best_epoch, "epoch_times": run.epoch_times, "world_size": run.dist.world_size})
+        if run.cfg.train.keep_snapshots:
+            save_checkpoint(run.out / SNAPSHOT.format(run.epoch), {
+                "model": run.raw_model.state_dict(), "config": run.cfg.to_dict(), "epoch": run.epoch})
     run.last_good = str(path)
 
 

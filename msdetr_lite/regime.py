@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-# The demo's recipe (`msdetr demo`): tiny preset, 4 epochs, the lr drops 10x before the last.
-BASE_OVERRIDES = ("train.epochs=4", "train.lr_drop=3")
+# The demo's recipe (`msdetr demo`): tiny preset, 4 epochs, the lr drops 10x before the last;
+# a weights-only snapshot per epoch for the mechanism probe (msdetr_lite.probe).
+BASE_OVERRIDES = ("train.epochs=4", "train.lr_drop=3", "train.keep_snapshots=true")
 SCHEMES = ("o2o", "ms", "hybrid")
 NMS_IOU = 0.7
 NMS_FILE = "eval_nms.json"            # evaluate(nms_iou=NMS_IOU) of final.pth, for runs trained without it
@@ -64,6 +65,19 @@ CELLS: dict[str, Cell] = {
                      "o2m loss weights halved (a departure from the authors' 2 / 5 / 2)", only=("ms",)),
     "heads4": Cell(("model.nheads=4",), "4 attention heads of 32 channels instead of 8 of 16"),
     "ep8": Cell(("train.epochs=8", "train.lr_drop=6"), "twice the schedule: 8 epochs, lr drop after 6"),
+    # The mechanism's hypotheses (issue 22), each a named departure on ms alone:
+    "o2m_early": Cell(("loss.o2m_layers=2",),
+                      "o2m on decoder layers 1-2 only: layers 3-4 and their heads are trained one-to-one "
+                      "alone, a stage left to de-duplicate (loss.o2m_layers)", only=("ms",)),
+    "k2_tau07": Cell(("matcher.k=2", "matcher.tau=0.7"),
+                     "a stricter o2m matcher, K = 2 and tau = 0.7: fewer, better-placed positives, so a "
+                     "confident class score no longer lets a poorly placed query pass", only=("ms",)),
+    "cap_off": Cell(("matcher.max_pos_fraction=1.0",),
+                    "the 25% positive cap lifted: with 100 queries it binds in almost every image, so "
+                    "K = 6 is rarely reached", only=("ms",)),
+    "o2m_boxes": Cell(("loss.cls_o2m=0",),
+                      "o2m box losses only, no o2m class loss: do the o2m class targets make the "
+                      "confident duplicates?", only=("ms",)),
 }
 
 

@@ -24,13 +24,14 @@ from msdetr_lite.config import Config
 from msdetr_lite.distributed import DistInfo
 from msdetr_lite.runs import read_metrics
 
-__all__ = ["CHECKPOINT", "FINAL", "METRICS", "EVAL", "LOCK", "RUN_FILES", "RunDirError", "claim_run_dir",
+__all__ = ["CHECKPOINT", "FINAL", "SNAPSHOT", "METRICS", "EVAL", "LOCK", "RUN_FILES", "RunDirError", "claim_run_dir",
            "raise_together", "check_resumable", "config_changes", "append_jsonl", "keep_metrics_before"]
 
 CHECKPOINT = "checkpoint.pth"        # last completed epoch: everything needed to resume
 FINAL = "final.pth"                  # trained weights + config (what `msdetr eval` reads)
 METRICS = "metrics.jsonl"            # one JSON record per logged step and per epoch (+ "resume")
 EVAL = "eval.json"                   # final AP per decoder layer
+SNAPSHOT = "epoch_{}.pth"            # train.keep_snapshots: weights + config after epoch N
 LOCK = ".train.lock"                 # held by the training process while it runs
 RUN_FILES = (CHECKPOINT, FINAL, METRICS)   # any of these: the directory holds a run
 

@@ -315,3 +315,35 @@ def test_o2m_switched_off_keeps_its_terms_at_zero(supervision, batched):
     torch.testing.assert_close(off["loss"], sum(v for k, v in on.items() if "_o2m_" not in k and k != "loss"))
     off["loss"].backward()
     assert all(p[k].grad is None or not p[k].grad.any() for p in outputs["o2m"] for k in ("logits", "boxes"))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_o2m_layers_supervises_only_the_first_layers(batched):
+    """LossConfig.o2m_layers=2 (a departure): the o2m terms of layers 0-1 are those of the method,
+    the terms of later layers stay in the dict at zero and send no gradient into their outputs."""
+    targets = make_targets(seed=21)
+    full = criterion("ms", batched)(make_outputs("ms", targets, seed=21), targets)
+    outputs = make_outputs("ms", targets, seed=21)
+    early = criterion("ms", batched, loss_cfg=LossConfig(hybrid_k=3, o2m_layers=2))(outputs, targets)
+    assert set(early) == set(full)
+    for k in early:
+        if k == "loss":
+            continue
+        layer = int(k.rsplit("_", 1)[1]) if "_o2m_" in k else -1
+        if layer >= 2:
+            assert early[k].item() == 0.0 and full[k].item() > 0, k
+        else:
+            assert early[k].item() == full[k].item(), k
+    early["loss"].backward()
+    assert LAYERS > 2
+    for layer, pred in enumerate(outputs["o2m"]):
+        grads = [pred[k].grad for k in ("logits", "boxes")]
+        moved = any(g is not None and g.any() for g in grads)
+        assert moved == (layer < 2), layer
+
+
+def test_o2m_layers_beyond_the_decoder_is_rejected():
+    from msdetr_lite.config import ConfigError, apply_overrides, preset
+    with pytest.raises(ConfigError, match=r"loss.o2m_layers=5 .*num_decoder_layers=4"):
+        apply_overrides(preset("tiny"), ["loss.o2m_layers=5"])
+    apply_overrides(preset("tiny"), ["loss.o2m_layers=4"])

@@ -403,3 +403,21 @@ def test_keep_metrics_before_drops_unfinished_epochs(tmp_path):
     path.write_text('{"epoch": 1}\nnot json\n')                 # read through runs.read_metrics
     with pytest.raises(ValueError, match="metrics.jsonl:2 is not a JSON record"):
         rundir.keep_metrics_before(path, 1)
+
+
+def test_keep_snapshots_writes_each_epochs_weights(tmp_path, shapes_root):
+    """train.keep_snapshots: epoch_N.pth after every epoch holds that epoch's weights and the
+    config (loadable as a model); the last equals final.pth; off by default, none are written."""
+    from msdetr_lite.checkpoint import load_checkpoint, load_model_from_checkpoint
+    run = tmp_path / "run"
+    engine.train(micro_train_config(shapes_root, run, "train.keep_snapshots=true"), progress=False)
+    snaps = sorted(p.name for p in run.glob("epoch_*.pth"))
+    assert snaps == ["epoch_1.pth", "epoch_2.pth"]
+    first, last = load_checkpoint(run / "epoch_1.pth"), load_checkpoint(run / "epoch_2.pth")
+    final = load_checkpoint(run / "final.pth")
+    assert first["epoch"] == 1 and last["epoch"] == 2
+    assert all(torch.equal(last["model"][k], final["model"][k]) for k in final["model"])
+    assert any(not torch.equal(first["model"][k], last["model"][k]) for k in final["model"])
+    load_model_from_checkpoint(run / "epoch_1.pth", device="cpu")
+    engine.train(micro_train_config(shapes_root, tmp_path / "plain"), progress=False)
+    assert not list((tmp_path / "plain").glob("epoch_*.pth"))

@@ -91,6 +91,14 @@ class SetCriterion(ReferencePath, nn.Module):
             return tuple(w * c.hybrid_weight * scale for w in o2o), num_boxes * max(c.hybrid_k, 1)
         return tuple(w * c.group_weight * scale for w in o2o), num_boxes          # group
 
+    def o2m_layer_mask(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The o2m terms `loss_*_o2m_{l}` with layers l >= LossConfig.o2m_layers set to zero (a
+        departure; 0 keeps every layer). Zeroed terms stay in the dict: same names every step."""
+        n = self.loss_cfg.o2m_layers
+        if not n:
+            return terms
+        return {k: v * 0.0 if int(k.rsplit("_", 1)[1]) >= n else v for k, v in terms.items()}
+
     def forward(self, outputs: dict, targets: list[dict], return_matches: bool = False):
         """outputs: the model's dict (docs/design.md); targets: list over images of dicts with
         `labels` int64 [G] and `boxes` float [G, 4] (cxcywh, normalised).
@@ -112,8 +120,8 @@ class SetCriterion(ReferencePath, nn.Module):
         if "o2m" in branches:
             o2m = branches["o2m"]
             weights, norm = self._o2m_weights(num_boxes)
-            losses.update(self._batched_branch_losses(
-                o2m, gt, norm, weights, [f"o2m_{layer}" for layer in range(o2m.logits.shape[0])]))
+            losses.update(self.o2m_layer_mask(self._batched_branch_losses(
+                o2m, gt, norm, weights, [f"o2m_{layer}" for layer in range(o2m.logits.shape[0])])))
         if "enc" in branches:
             losses.update(self._batched_branch_losses(
                 branches["enc"], gt, num_boxes, (c.cls_enc, c.bbox_enc, c.giou_enc), ["enc"],

@@ -153,8 +153,8 @@ class ReferencePath:
         if "o2m" in matches:
             weights, norm = self._o2m_weights(num_boxes)
             for layer, (pred, assign) in enumerate(zip(outputs["o2m"], matches["o2m"])):
-                losses.update(self._branch_losses(pred["logits"], pred["boxes"], targets, assign, norm,
-                                                  weights, f"o2m_{layer}"))
+                losses.update(self.o2m_layer_mask(self._branch_losses(
+                    pred["logits"], pred["boxes"], targets, assign, norm, weights, f"o2m_{layer}")))
         if "enc" in matches:
             enc = outputs["enc"]
             losses.update(self._branch_losses(enc["logits"], enc["boxes"], targets, matches["enc"], num_boxes,
