@@ -57,6 +57,10 @@ class ModelConfig:
     # positional query: "proposal" (the initial proposal box, fixed through the decoder, as in
     # Deformable DETR / H-DETR / the MS-DETR code) or "reference" (each layer's box, as in DINO)
     query_pos: str = "proposal"
+    # class-agnostic NMS at this IoU on the encoder's proposals before the top-k become queries
+    # (0 = off, as in the MS-DETR and Deformable DETR code; DETA applies NMS here): a departure
+    # that keeps near-identical proposals from seeding several queries on one object
+    proposal_nms: float = 0.0
     # the switch: o2o (Deformable-DETR++), ms (MS-DETR), hybrid (H-DETR), group (Group-DETR)
     supervision: str = "ms"
     o2m_tap: str = "after_ca"             # where o2m supervision taps the decoder layer (Fig. 4)
@@ -262,7 +266,7 @@ _RULES: dict[str, dict[str, Rule]] = {
         "num_feature_levels": _in_range(1, 4), "n_points": _at_least(1),
         "num_encoder_layers": _NON_NEGATIVE, "num_decoder_layers": _at_least(1),
         "dim_feedforward": _at_least(1), "dropout": _in_range(0, 1, hi_open=True),
-        "num_queries": _at_least(1), "query_pos": _one_of(QUERY_POS), "supervision": _one_of(SUPERVISIONS),
+        "num_queries": _at_least(1), "query_pos": _one_of(QUERY_POS), "proposal_nms": _in_range(0, 1), "supervision": _one_of(SUPERVISIONS),
         "o2m_tap": _one_of(O2M_TAPS), "hybrid_num_queries": _at_least(1), "group_num": _at_least(1),
         "deform_backend": _one_of(DEFORM_BACKENDS),
     },

@@ -31,6 +31,11 @@ NMS_IOU = 0.7
 NMS_FILE = "eval_nms.json"            # evaluate(nms_iou=NMS_IOU) of final.pth, for runs trained without it
 
 
+# The map's axes: what a cell changes, in the order the map shows them.
+AXES = ("method: where o2m supervises", "method: the o2m matcher", "method: the o2m loss",
+        "schedule", "decoder", "queries", "data", "trunk")
+
+
 @dataclass(frozen=True)
 class Cell:
     """One point of the grid: config overrides on top of BASE_OVERRIDES.
@@ -38,46 +43,67 @@ class Cell:
     question: what the cell asks, in a sentence (printed in the table, shown in the notebooks).
     only:     the schemes whose training the overrides change (None: all). Other schemes reuse
               the runs of the `demo` cell: e.g. o2m loss weights do not touch the o2o baseline.
+    axis:     which of AXES the cell moves along (the map's rows are grouped by it).
+    label:    the change in a few plain words, for the map ("" for the demo: the reference point).
     """
     overrides: tuple[str, ...]
     question: str
     only: Optional[tuple[str, ...]] = None
+    axis: str = ""
+    label: str = ""
 
 
-# One knob at a time. Ordered by how directly the knob acts on de-duplication, the half of the
-# method that fails at the demo's scale; a sitting that stops early has the most telling cells.
+_PLACE, _MATCH, _LOSS = AXES[:3]
+# One knob at a time, around the demo's recipe. Authors' defaults stay the defaults; every
+# change to the method is a named departure.
 CELLS: dict[str, Cell] = {
     "demo": Cell((), "the demo's recipe: d_model 128, 8 heads, 4 decoder layers, 100 queries, 4 epochs"),
     "tap_after_sa": Cell(("model.o2m_tap=after_sa",),
                          "o2m tapped after self-attention (Fig. 4(d)): the o2o stream keeps the plain "
-                         "SA -> CA -> FFN order", only=("ms",)),
+                         "SA -> CA -> FFN order", only=("ms",), axis=_PLACE, label="o2m tap after self-attention (Fig. 4d)"),
     "tap_output": Cell(("model.o2m_tap=output",),
                        "o2m on the layer output with its own class heads (Fig. 4(a)): the o2o class "
-                       "head is no longer asked to score K queries per object high", only=("ms",)),
+                       "head is no longer asked to score K queries per object high", only=("ms",),
+                       axis=_PLACE, label="o2m on the layer output, own class heads (Fig. 4a)"),
+    "o2m_early": Cell(("loss.o2m_layers=2",),
+                      "o2m on decoder layers 1-2 only: layers 3-4 and their heads are trained one-to-one "
+                      "alone, a stage left to de-duplicate (loss.o2m_layers)", only=("ms",),
+                      axis=_PLACE, label="o2m on layers 1-2 only, 3-4 one-to-one"),
     "o2m_off_last": Cell(("loss.o2m_last_epoch=3",),
                          "o2m supervision in epochs 1-3 only, the o2o branch alone in the last epoch (after "
                          "the lr drop): a departure (loss.o2m_last_epoch) that asks whether the o2o branch then "
-                         "learns to suppress the duplicates", only=("ms",)),
-    "dec6": Cell(("model.num_decoder_layers=6",), "6 decoder layers, the paper's depth: more layers to de-duplicate"),
-    "q50": Cell(("model.num_queries=50", "model.hybrid_num_queries=75"),
-                "50 queries instead of 100: fewer candidates per object to suppress"),
-    "o2m_half": Cell(("loss.cls_o2m=1.0", "loss.bbox_o2m=2.5", "loss.giou_o2m=1.0"),
-                     "o2m loss weights halved (a departure from the authors' 2 / 5 / 2)", only=("ms",)),
-    "heads4": Cell(("model.nheads=4",), "4 attention heads of 32 channels instead of 8 of 16"),
-    "ep8": Cell(("train.epochs=8", "train.lr_drop=6"), "twice the schedule: 8 epochs, lr drop after 6"),
-    # The mechanism's hypotheses (issue 22), each a named departure on ms alone:
-    "o2m_early": Cell(("loss.o2m_layers=2",),
-                      "o2m on decoder layers 1-2 only: layers 3-4 and their heads are trained one-to-one "
-                      "alone, a stage left to de-duplicate (loss.o2m_layers)", only=("ms",)),
+                         "learns to suppress the duplicates", only=("ms",), axis="schedule",
+                         label="o2m off in the last epoch"),
     "k2_tau07": Cell(("matcher.k=2", "matcher.tau=0.7"),
                      "a stricter o2m matcher, K = 2 and tau = 0.7: fewer, better-placed positives, so a "
-                     "confident class score no longer lets a poorly placed query pass", only=("ms",)),
+                     "confident class score no longer lets a poorly placed query pass", only=("ms",),
+                     axis=_MATCH, label="K = 2, tau = 0.7 (stricter)"),
     "cap_off": Cell(("matcher.max_pos_fraction=1.0",),
                     "the 25% positive cap lifted: with 100 queries it binds in almost every image, so "
-                    "K = 6 is rarely reached", only=("ms",)),
+                    "K = 6 is rarely reached", only=("ms",), axis=_MATCH, label="no 25% cap on positives"),
+    "o2m_half": Cell(("loss.cls_o2m=1.0", "loss.bbox_o2m=2.5", "loss.giou_o2m=1.0"),
+                     "o2m loss weights halved (a departure from the authors' 2 / 5 / 2)", only=("ms",),
+                     axis=_LOSS, label="o2m loss weights halved"),
     "o2m_boxes": Cell(("loss.cls_o2m=0",),
                       "o2m box losses only, no o2m class loss: do the o2m class targets make the "
-                      "confident duplicates?", only=("ms",)),
+                      "confident duplicates?", only=("ms",), axis=_LOSS, label="o2m box losses only, no class loss"),
+    "ep8": Cell(("train.epochs=8", "train.lr_drop=6"), "twice the schedule: 8 epochs, lr drop after 6",
+                axis="schedule", label="8 epochs instead of 4"),
+    "dec6": Cell(("model.num_decoder_layers=6",), "6 decoder layers, the paper's depth: more layers to de-duplicate",
+                 axis="decoder", label="6 decoder layers instead of 4"),
+    "heads4": Cell(("model.nheads=4",), "4 attention heads of 32 channels instead of 8 of 16",
+                   axis="decoder", label="4 heads of 32 channels instead of 8 of 16"),
+    "q50": Cell(("model.num_queries=50", "model.hybrid_num_queries=75"),
+                "50 queries instead of 100: fewer candidates per object to suppress",
+                axis="queries", label="50 queries instead of 100"),
+    "query_pos_ref": Cell(("model.query_pos=reference",),
+                          "each layer's positional query from its own reference box (DINO) instead of the "
+                          "fixed proposal: queries that converge on one object also look alike to "
+                          "self-attention", axis="queries", label="positional query from each layer's box"),
+    "proposal_nms": Cell(("model.proposal_nms=0.7",),
+                         "class-agnostic NMS at IoU 0.7 on the encoder's proposals before the top 100 become "
+                         "queries: fewer queries start on one object (a departure, model.proposal_nms)",
+                         axis="queries", label="NMS at 0.7 on the proposals that seed the queries"),
 }
 
 
@@ -226,6 +252,26 @@ def gap_per_epoch(records: Sequence[dict], cell: str, scheme: str = "ms") -> lis
     return out
 
 
+def map_rows(summary: Sequence[dict], cells: Mapping[str, Cell] = CELLS, scheme: str = "ms") -> list[dict]:
+    """The rows of viz.plot_regime_map: the demo first (the reference point), then every cell with a
+    `scheme` - o2o difference, grouped by AXES in their order (cells of one axis in `cells` order):
+    [{"cell", "axis", "label", "seeds", "AP": {mean, spread, n, min, max}, "AP_nms": {...}}]."""
+    by_cell = {e["cell"]: e for e in summary if scheme in e["delta"]}
+    order = {name: i for i, name in enumerate(cells)}
+
+    def rank(name: str):
+        axis = cells[name].axis
+        return (name != "demo", AXES.index(axis) if axis in AXES else len(AXES), order.get(name, len(order)))
+
+    rows = []
+    for name in sorted(by_cell, key=rank):
+        cell, delta = cells[name], by_cell[name]["delta"][scheme]
+        rows.append({"cell": name, "axis": cell.axis or "reference",
+                     "label": cell.label or "the demo's recipe (the authors' method)",
+                     "seeds": delta["AP"]["n"], "AP": delta["AP"], "AP_nms": delta["AP_nms"]})
+    return rows
+
+
 def format_table(summary: Sequence[dict], cells: Mapping[str, Cell] = CELLS) -> str:
     """A markdown table, AP x100: per cell and scheme, NMS-free and with NMS, and the difference to
     o2o (mean over seeds +- half the spread)."""
@@ -246,13 +292,13 @@ def format_table(summary: Sequence[dict], cells: Mapping[str, Cell] = CELLS) -> 
 
 
 def plot_study(summary: Sequence[dict], path: Optional[str | Path] = None):
-    """viz.plot_regime of a summary at this study's NMS IoU, saved to `path` when given."""
+    """viz.plot_regime_map of a summary at this study's NMS IoU, saved to `path` when given."""
     from . import viz
-    fig = viz.plot_regime(summary, NMS_IOU)
+    fig = viz.plot_regime_map(map_rows(summary), NMS_IOU)
     if path is not None:
         viz.save_figure(fig, path)
     return fig
 
 
-__all__ = ["BASE_OVERRIDES", "CELLS", "Cell", "NMS_FILE", "NMS_IOU", "SCHEMES", "collect", "format_table",
-           "gap_per_epoch", "per_epoch", "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]
+__all__ = ["AXES", "BASE_OVERRIDES", "CELLS", "Cell", "NMS_FILE", "NMS_IOU", "SCHEMES", "collect", "format_table",
+           "gap_per_epoch", "map_rows", "per_epoch", "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]

@@ -197,3 +197,34 @@ def test_bad_inputs_name_the_problem():
         build_model(micro_model_config(supervision="one-to-many"))
     with pytest.raises(ValueError, match="queries need as many encoder proposals"):
         build_model(micro_model_config(num_queries=500)).eval()(torch.randn(1, 3, 96, 96))
+
+
+def test_select_proposals_nms_by_hand():
+    """Three proposals on one object (IoU ~0.8 with each other) and one elsewhere: top-2 by score
+    takes two of the same object; with NMS at 0.7 the second query goes to the other object; where
+    NMS leaves fewer than n, the best suppressed ones top the selection up, in score order."""
+    from msdetr_lite.models.detector import select_proposals
+    boxes = torch.tensor([[[0.50, 0.50, 0.20, 0.20], [0.51, 0.50, 0.20, 0.20], [0.49, 0.50, 0.20, 0.20],
+                           [0.10, 0.10, 0.10, 0.10]]])
+    scores = torch.tensor([[3.0, 2.5, 2.0, 1.0]])
+    assert select_proposals(scores, boxes, 2).tolist() == [[0, 1]]
+    assert select_proposals(scores, boxes, 2, nms_iou=0.7).tolist() == [[0, 3]]
+    assert select_proposals(scores, boxes, 4, nms_iou=0.7).tolist() == [[0, 3, 1, 2]]
+    assert select_proposals(scores, boxes, 2, nms_iou=0.99).tolist() == [[0, 1]]   # nothing that close
+
+
+@pytest.mark.parametrize("nms_iou", [0.0, 0.7])
+def test_proposal_nms_model_runs_and_differs(nms_iou):
+    """model.proposal_nms changes which proposals seed the queries (0 = off, the method's top-k)."""
+    torch.manual_seed(0)
+    model = build_model(micro_model_config(supervision="ms", proposal_nms=nms_iou)).eval()
+    torch.manual_seed(0)
+    plain = build_model(micro_model_config(supervision="ms")).eval()
+    with torch.no_grad():                 # large proposals overlap: something for NMS to remove
+        for m in (model, plain):
+            m.enc_bbox.layers[-1].bias[2:] = 8.0
+    images, masks = _batch()
+    with torch.no_grad():
+        a, b = model(images, masks)["references"][0], plain(images, masks)["references"][0]
+    assert a.shape == b.shape
+    assert torch.equal(a, b) == (nms_iou == 0.0)

@@ -20,6 +20,7 @@ import math
 
 import torch
 from torch import nn
+from torchvision.ops import box_convert, nms
 
 from ..config import ModelConfig
 from .backbone import Backbone
@@ -33,6 +34,26 @@ def group_attention_mask(sizes: list[int], device=None) -> torch.Tensor:
     i.e. where they belong to different groups. sizes: number of queries per group."""
     ids = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
     return ids[:, None] != ids[None, :]
+
+
+def select_proposals(scores: torch.Tensor, boxes: torch.Tensor, n: int, nms_iou: float = 0.0) -> torch.Tensor:
+    """Indices [B, n] of the proposals that become queries: the n best by score, or with nms_iou > 0
+    the n best that survive class-agnostic NMS at that IoU (per image, in decreasing score), topped
+    up with the best suppressed ones where fewer than n survive.
+
+    scores [B, T] (the encoder's objectness logits); boxes [B, T, 4] normalised cxcywh."""
+    if not nms_iou:
+        return scores.topk(n, dim=1).indices
+    out = []
+    for s, b in zip(scores.detach().float(), boxes.detach().float()):
+        keep = nms(box_convert(b, "cxcywh", "xyxy"), s, nms_iou)
+        if keep.numel() < n:                       # top up: the best of the suppressed, by score
+            rest = torch.ones_like(s, dtype=torch.bool)
+            rest[keep] = False
+            order = s.argsort(descending=True, stable=True)
+            keep = torch.cat([keep, order[rest[order]]])
+        out.append(keep[:n])
+    return torch.stack(out)
 
 
 class MSDETR(nn.Module):
@@ -133,7 +154,7 @@ class MSDETR(nn.Module):
         if n_select > enc_logits.shape[1]:
             raise ValueError(f"{n_select} queries need as many encoder proposals, but the image gives only "
                              f"{enc_logits.shape[1]} tokens: use larger images or fewer (hybrid) queries")
-        topk = enc_logits[..., 0].topk(n_select, dim=1).indices
+        topk = select_proposals(enc_logits[..., 0], enc_boxes_unact.sigmoid(), n_select, self.cfg.proposal_nms)
         ref = torch.gather(enc_boxes_unact, 1, topk[..., None].expand(-1, -1, 4)).detach().sigmoid()
         B = images.shape[0]
         if aux and self.cfg.supervision == "group":

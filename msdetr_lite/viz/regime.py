@@ -95,3 +95,52 @@ def plot_regime_epochs(gaps: Mapping[str, Sequence[dict]], nms_iou: float, schem
         ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
     return fig
+
+
+def plot_regime_map(rows: Sequence[dict], nms_iou: float, scheme: str = "ms"):
+    """The regime map: one row per change to the demo's recipe, grouped under a header per regime
+    axis (method, schedule, decoder, queries, data, trunk), `scheme`'s AP minus o2o's (x100) on x:
+    a filled dot NMS-free (as the detector runs), a hollow one with class-wise NMS at `nms_iou`,
+    whiskers over the seeds' range; the demo on top as the reference; the +2 AP goal dashed.
+
+    rows: [{"axis", "label", "seeds": n, "AP": {mean, min, max}, "AP_nms": {mean, min, max}}] in
+    display order (`regime.map_rows`). Returns the Figure."""
+    lines: list[tuple[str, Optional[dict]]] = []          # (text, row or None for a header)
+    for row in rows:
+        if row["axis"] != _last_axis(lines):
+            lines.append((row["axis"], None))
+        seeds = f"{row['seeds']} seed{'s' if row['seeds'] != 1 else ''}"
+        lines.append((f"{row['label']}  ({seeds})", row))
+    fig, axes = new_figure(1, 1, panel=(10.0, 0.34 * len(lines) + 1.5))
+    ax = axes[0, 0]
+    color = scheme_color(scheme)
+    ys = list(range(len(lines)))[::-1]
+    labels = {"AP": "NMS-free (as the detector runs)", "AP_nms": f"with class-wise NMS at IoU {nms_iou}"}
+    for y, (text, row) in zip(ys, lines):
+        if row is None:
+            ax.axhline(y + 0.5, color="grey", lw=0.5, alpha=0.5)
+            continue
+        for key, face, dy in (("AP", color, 0.13), ("AP_nms", "white", -0.13)):
+            d = row[key]
+            ax.plot([100 * d["min"], 100 * d["max"]], [y + dy] * 2, color=color, lw=1.2)
+            ax.plot(100 * d["mean"], y + dy, "o", ms=7, markerfacecolor=face, markeredgecolor=color,
+                    label=labels.pop(key, None))
+    ax.set_yticks(ys)
+    ax.set_yticklabels([text for text, _ in lines], fontsize=9)
+    for tick, (_, row) in zip(ax.get_yticklabels(), lines):
+        if row is None:
+            tick.set_fontweight("bold")
+    ax.set_ylim(-0.7, len(lines) - 0.3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(GOAL_AP, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(f"{scheme_label(scheme)} AP minus o2o AP (x100), paired by seed; dashed: the +{GOAL_AP:g} goal",
+                  fontsize=10)
+    ax.tick_params(axis="x", labelsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, frameon=False)
+    return fig
+
+
+def _last_axis(lines) -> Optional[str]:
+    """The regime axis of the last header in the map's lines."""
+    return next((text for text, row in reversed(lines) if row is None), None)
