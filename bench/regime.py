@@ -102,8 +102,36 @@ def report(args) -> int:
     if fig is not None:
         written.append(out.with_name(out.stem + "_epochs.png"))
         viz.save_figure(fig, written[-1])
+    if args.probe:
+        probes = probe_cells(args, records)
+        if probes:
+            data = json.loads(out.read_text())
+            data["probe"] = {"max_images": args.probe_images, "cells": probes}
+            out.write_text(json.dumps(data, indent=2) + "\n")
+            for cell, by_scheme in probes.items():
+                written.append(out.with_name(f"{out.stem}_probe_{cell}.png"))
+                viz.save_figure(viz.plot_probe(by_scheme), written[-1])
     print("\nwrote " + ", ".join(map(str, written)))
     return 0
+
+
+def probe_cells(args, records) -> dict:
+    """{cell: {scheme: probe.mean_over_runs(...)}} of the --probe cells' finished runs that kept
+    epoch snapshots (probe.probe_run, cached in each run folder)."""
+    from msdetr_lite.probe import mean_over_runs, probe_run
+    out = {}
+    for cell in args.probe:
+        by_scheme = {}
+        for scheme in args.schemes:
+            runs = [regime.run_dir(args.runs, regime.CELLS, cell, scheme, r["seed"]) for r in records
+                    if r["cell"] == cell and r["scheme"] == scheme]
+            runs = [r for r in runs if any(r.glob("epoch_*.pth"))]
+            if runs:
+                print(f"probe: {cell} {scheme} ({len(runs)} runs)", flush=True)
+                by_scheme[scheme] = mean_over_runs([probe_run(r, args.probe_images) for r in runs])
+        if by_scheme:
+            out[cell] = by_scheme
+    return out
 
 
 def main(argv=None) -> int:
@@ -116,6 +144,9 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs at once (1 on a CPU; several on a GPU)")
     p.add_argument("--device", default="auto", help="device of the NMS evaluation")
     p.add_argument("--report-only", action="store_true", help="no training: table, JSON, plot")
+    p.add_argument("--probe", nargs="*", default=[], metavar="CELL",
+                   help="also run the mechanism probe (msdetr_lite.probe) on these cells' epoch snapshots")
+    p.add_argument("--probe-images", type=int, default=100, help="val images per probed snapshot (0 = all)")
     p.add_argument("--evaluate-run", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="section.field=value", help="added to every run")
     args = p.parse_args(argv)

@@ -42,7 +42,8 @@ from torchvision.ops import box_iou
 
 from .matching.reference import _xyxy, match_scores, one_to_one, select_positives, topk_per_gt
 
-__all__ = ["PROBE_STATS", "PROBE_TITLES", "PROBE_FILE", "probe_outputs", "probe_checkpoint", "probe_run"]
+__all__ = ["PROBE_STATS", "PROBE_TITLES", "PROBE_FILE", "probe_outputs", "probe_checkpoint", "probe_run",
+           "mean_over_runs"]
 
 PROBE_FILE = "probe.json"             # probe_run's cache in the run folder
 CANDIDATE_IOU = 0.5
@@ -194,3 +195,24 @@ def probe_run(run_dir: Union[str, Path], max_images: int = 0, refresh: bool = Fa
     tmp.write_text(json.dumps(cache, indent=1) + "\n")
     tmp.replace(cache_path)
     return [done[s.name] for s in snaps]
+
+
+def mean_over_runs(runs: list[list[dict]]) -> list[dict]:
+    """The mean over seeds of several `probe_run` results of one scheme: per epoch (the epochs all
+    runs have) {"epoch", "seeds", "layers": [{stat: mean or None}]}."""
+    if not runs:
+        return []
+    by_epoch = [{r["epoch"]: r for r in run} for run in runs]
+    epochs = sorted(set.intersection(*(set(e) for e in by_epoch)))
+    out = []
+    for epoch in epochs:
+        recs = [e[epoch] for e in by_epoch]
+        layers = []
+        for l in range(len(recs[0]["layers"])):
+            layer = {}
+            for name in PROBE_STATS:
+                vals = [r["layers"][l][name] for r in recs if r["layers"][l][name] is not None]
+                layer[name] = sum(vals) / len(vals) if vals else None
+            layers.append(layer)
+        out.append({"epoch": epoch, "seeds": len(recs), "layers": layers})
+    return out
