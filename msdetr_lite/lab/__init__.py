@@ -1,0 +1,17 @@
+"""The lesson's floor: what only the notebooks, the demo and the studies use.
+
+    zoo        trained models at hand: the notebooks' four schemes trained once, cached, reloaded
+    render     the notebooks executed into HTML and README thumbnails (`make render`)
+    samples    plain functions of a model and one sample: outputs, assignments, attention, candidates
+    widgets    the notebooks' interactive panels, built from `samples` and `msdetr_lite.viz`
+
+Everything here reads the floors below (the method: models, matching, losses, data, ops; training
+and measuring: engine, evaluation, analysis, runs) and draws through `msdetr_lite.viz`; nothing
+below imports from here (docs/design.md, tests/test_layout.py). `python -m msdetr_lite.lab` trains,
+lists and renders (lab/__main__.py). The older names `msdetr_lite.zoo`, `.samples` and `.widgets`
+still work.
+"""
+from pathlib import Path
+
+# the repository (runs/, docs/, bench/results/, notebooks/): where the lab reads and writes its files
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
