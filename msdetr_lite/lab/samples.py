@@ -7,7 +7,7 @@
     bank = ModelBank({"o2o": model, "ms": "runs/ms/final.pth"})   # loaded on first use
     cache = SampleCache(dataset, bank)                      # outputs per (model, image)
 
-msdetr_lite.widgets builds its panels from these and msdetr_lite.viz; both can be used and
+msdetr_lite.lab.widgets builds its panels from these and msdetr_lite.viz; both can be used and
 tested without a browser. Boxes follow docs/design.md (normalised cxcywh).
 """
 from __future__ import annotations

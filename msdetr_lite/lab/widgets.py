@@ -3,7 +3,7 @@
 A panel is a row of ipywidgets controls above an `ipywidgets.Output` that shows a matplotlib
 figure; moving a control calls the panel's draw function with the values of all controls and
 puts the new figure (as PNG) into the Output. Everything a panel computes lives in plain
-functions of `msdetr_lite.samples` (`run_model`, `compute_assignment`, `query_attention`,
+functions of `msdetr_lite.lab.samples` (`run_model`, `compute_assignment`, `query_attention`,
 `topk_candidates`, re-exported here) and
 everything it draws in `msdetr_lite.viz`, so both can be used and tested without a browser:
 
