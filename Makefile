@@ -39,13 +39,13 @@ notebooks: $(STAMP)
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/0*.py
 	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/0*.ipynb
 
-# the notebooks' four models at the demo's recipe, built once (25 min to an hour on 2 cores: README, Measured)
+# the notebooks' four models at the demo's recipe, built once (25 min to an hour on 2 cores: docs/results.md, Notebooks)
 zoo: $(STAMP)
-	$(PY) -m msdetr_lite.zoo build
+	$(PY) -m msdetr_lite.lab build
 
 # every notebook in full mode: HTML under docs/notebooks/, README thumbnails under docs/images/
 render: zoo
-	$(PY) -m msdetr_lite.zoo render
+	$(PY) -m msdetr_lite.lab render
 
 data: $(STAMP)
 	$(PY) -m msdetr_lite data shapes --out data/shapes

@@ -19,13 +19,16 @@ already claimed is a duplicate. o2o training should drive it to ~0, o2m alone wo
 
 Boxes are compared in the normalised cxcywh frame of the outputs and targets: IoU does not
 change when x and y are scaled (even by different factors), so no image sizes are needed.
+
+This module computes and stores; it draws nothing. `msdetr_lite.viz.plot_candidate_quality` draws
+these statistics (titled by STAT_TITLES below, which viz imports), `viz.save_figure` writes the PNG.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torchvision.ops import box_convert, box_iou
@@ -202,20 +205,5 @@ def load_json(path: Union[str, Path]) -> dict:
     return restore(data)
 
 
-def plot_candidate_quality(stats_by_model: Mapping[str, Union[dict, Sequence[dict]]],
-                           path: Union[str, Path, None] = None, stats: Sequence[str] = STAT_NAMES,
-                           title: Optional[str] = "Candidate quality per decoder layer"):
-    """The figure of these statistics, drawn by `msdetr_lite.viz.plot_candidate_quality` (the
-    plotting layer), also saved to `path` when given. Kept here for the callers of analysis
-    (cli.py); new code calls viz directly."""
-    from . import viz
-
-    fig = viz.plot_candidate_quality(stats_by_model, stats, title)
-    if path is not None:
-        viz.save_figure(fig, path, dpi=120)
-    return fig
-
-
 __all__ = ["STAT_NAMES", "STAT_TITLES", "CandidateQualityAccumulator", "image_candidate_stats",
-           "candidate_quality", "candidate_quality_over_loader", "save_json", "load_json",
-           "plot_candidate_quality"]
+           "candidate_quality", "candidate_quality_over_loader", "save_json", "load_json"]

@@ -7,7 +7,7 @@
     cfg.validate()                             # raises ConfigError(problems) if there are any
 
 Every default of the method (K, tau, alpha, loss weights, lr groups) is the authors' value,
-see the method notes in the README; the `tiny` preset shrinks sizes and, as its trunk trains from
+see docs/method.md; the `tiny` preset shrinks sizes and, as its trunk trains from
 random weights, gives the backbone the full learning rate.
 """
 from __future__ import annotations
@@ -354,7 +354,7 @@ def preset(name: str) -> Config:
         cfg.data = DataConfig(root="data/shapes", train_scales=(112, 128, 144), val_size=128,
                               max_size=192, random_crop=False, num_workers=0)
         # The trunk starts from random weights here (no downloads), so it learns at a full lr
-        # instead of the paper's 0.1x for a pretrained one (the measurements: README, Measured).
+        # instead of the paper's 0.1x for a pretrained one (the measurements: docs/results.md).
         cfg.train = TrainConfig(lr=4e-4, lr_backbone=1e-3, batch_size=4, epochs=12, lr_drop=10,
                                 clip_max_norm=0.1, output_dir="runs/tiny")
         return cfg

@@ -253,7 +253,8 @@ fig
 # | `msdetr_lite/engine.py` | the training loop; beside it `optim.py`, `distributed.py` (DDP), `rundir.py`, `checkpoint.py` |
 # | `msdetr_lite/regime.py` | the regime study: where MS-DETR beats o2o, NMS-free and with NMS |
 # | `msdetr_lite/evaluation.py`, `analysis.py` | COCO AP per decoder layer, candidate quality |
-# | `msdetr_lite/viz/`, `widgets.py`, `zoo.py` | drawing (one palette), interactive panels, cached notebook runs |
+# | `msdetr_lite/viz/` | drawing: every figure, one palette |
+# | `msdetr_lite/lab/` | what the notebooks use: `zoo` (cached trained runs), `widgets` (interactive panels), `readings` (sentences from the numbers), the demo |
 # | `msdetr_lite/runs.py` | reading a run folder: config, losses per step and epoch, evaluations |
 # | `msdetr_lite/cli.py` | the `msdetr` command (`data`, `train`, `eval`, `compare`, `demo`) |
 # | `runs/notebooks/` | the notebooks' trained runs (delete to retrain) |

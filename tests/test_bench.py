@@ -1,7 +1,7 @@
 """The benchmark scripts run end to end on tiny settings and write the JSON they promise.
 
 Only that they run and report consistent numbers: speed goals are read off the printed tables
-(see the README's "Measured" section), never asserted in a unit test.
+(docs/results.md), never asserted in a unit test.
 """
 import json
 import subprocess

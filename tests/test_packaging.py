@@ -62,3 +62,38 @@ def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "msdetr_lite").rglob("__init__.py")}
     assert found <= listed, f"pyproject.toml [tool.setuptools] packages lacks {sorted(found - listed)}"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The #fragments a markdown file's headings get (GitHub's rule: lower case, punctuation
+    dropped, spaces to hyphens)."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", markdown, re.M)}
+
+
+def _broken_links(path: Path) -> list[str]:
+    """The relative links and image sources of a markdown file whose file or #section is missing."""
+    text = path.read_text()
+    broken = []
+    for link, src in re.findall(r'\]\(([^)\s]+)\)|src="([^"]+)"', text):
+        target = link or src
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        file, _, anchor = target.partition("#")
+        where = (path.parent / file) if file else path
+        if not where.exists() or (anchor and anchor not in _anchors(where.read_text())):
+            broken.append(target)
+    return broken
+
+
+def test_readme_is_a_front_door_and_results_are_linked():
+    """The README answers what it is, how to run it and what you will see in at most 150 lines;
+    everything measured lives in docs/results.md (the regime study in its own section), which
+    the README links, and every file or section either page links exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150, "README.md is the front door: at most 150 lines"
+    assert "](docs/results.md" in readme and "\n## Does mixed supervision win here?\n" in readme
+    results = ROOT / "docs" / "results.md"
+    assert "\n## Regime study\n" in results.read_text()
+    for page in (ROOT / "README.md", results):
+        assert not _broken_links(page), f"{page.name} links to missing files or sections: {_broken_links(page)}"

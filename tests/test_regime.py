@@ -133,9 +133,10 @@ def test_bench_regime_end_to_end_and_resumable(tmp_path):
 
 def test_load_regime_prefers_your_run_then_the_committed_measurement(tmp_path, monkeypatch):
     from msdetr_lite import report
+    from msdetr_lite.lab import regime_readings          # where the paths are defined (report re-exports)
     mine, measured = tmp_path / "bench" / "regime.json", tmp_path / "docs" / "regime.json"
-    monkeypatch.setattr(report, "REGIME_JSON", mine)
-    monkeypatch.setattr(report, "REGIME_MEASURED_JSON", measured)
+    monkeypatch.setattr(regime_readings, "REGIME_JSON", mine)
+    monkeypatch.setattr(regime_readings, "REGIME_MEASURED_JSON", measured)
     assert report.load_regime() is None
     measured.parent.mkdir(parents=True)
     measured.write_text(json.dumps({"machine": "m", "summary": []}))

@@ -448,11 +448,12 @@ def test_benchmark_costs_and_regime_text(tmp_path):
     assert "3 round(s)" in costs["caption"] and "after 3 warm-up" in costs["caption"]
     # without a path: your own bench/results run first, else the committed measurement
     import pytest
+    from msdetr_lite.lab import readings                  # where the paths are defined (report re-exports)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "OVERHEAD_JSON", tmp_path / "yours.json")
-        mp.setattr(report, "OVERHEAD_MEASURED_JSON", path)
+        mp.setattr(readings, "OVERHEAD_JSON", tmp_path / "yours.json")
+        mp.setattr(readings, "OVERHEAD_MEASURED_JSON", path)
         assert report.benchmark_costs()["rows"] == costs["rows"]
-        mp.setattr(report, "OVERHEAD_MEASURED_JSON", tmp_path / "none.json")
+        mp.setattr(readings, "OVERHEAD_MEASURED_JSON", tmp_path / "none.json")
         assert report.benchmark_costs() is None
     assert report.load_regime(tmp_path / "regime.json") is None
     d = lambda ap, nms: {"AP": {"mean": ap, "spread": 0.01, "n": 2}, "AP_nms": {"mean": nms, "spread": 0.01, "n": 2}}

@@ -91,7 +91,7 @@ def plot_score_matrix(ax, scores, o2o=None, o2m=None, candidates=None, tau: Opti
 def plot_assignment(image, assignment: Mapping, class_names=None, size=None, max_queries: int = 40) -> Figure:
     """The o2o and o2m assignments of one image and decoder layer, side by side with S.
 
-    assignment: the dict of `msdetr_lite.widgets.compute_assignment` (GT boxes, predicted
+    assignment: the dict of `msdetr_lite.lab.samples.compute_assignment` (GT boxes, predicted
     boxes, o2o pairs, o2m pairs with their scores, S, the top-K candidates, K / tau / alpha).
     Left: the image with GT (green, dashed), the o2o-matched query boxes (blue) and the
     o2m-matched query boxes (orange, opacity = match score). Right: S with the pairs marked.

@@ -8,6 +8,7 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from matplotlib.figure import Figure
 
+from ..analysis import STAT_NAMES, STAT_TITLES       # the statistics are named where they are computed
 from .figures import add_legend, box_handle, boxes_to_pixels, draw_boxes, new_figure, show_image
 from .palette import GT_COLOR, O2O_COLOR, scheme_color, scheme_label, scheme_style
 
@@ -87,8 +88,6 @@ def plot_candidate_quality(stats_by_model: Mapping[str, Union[dict, Sequence[dic
     stats_by_model: {model name: a `candidate_quality` result (or its "layers" list)}.
     stats: which statistics (default: all of `analysis.STAT_NAMES`).
     """
-    from msdetr_lite.analysis import STAT_NAMES, STAT_TITLES
-
     if not stats_by_model:
         raise ValueError("stats_by_model is empty")
     stats = STAT_NAMES if stats is None else tuple(stats)

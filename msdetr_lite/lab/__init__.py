@@ -1,0 +1,21 @@
+"""The lesson's floor: what only the notebooks, the demo and the studies use.
+
+    zoo        trained models at hand: the notebooks' four schemes trained once, cached, reloaded
+    render     the notebooks executed into HTML and README thumbnails (`make render`)
+    samples    plain functions of a model and one sample: outputs, assignments, attention, candidates
+    widgets    the notebooks' interactive panels, built from `samples` and `msdetr_lite.viz`
+    readings   sentences and tables built from measured numbers (NMS-free vs with NMS, costs, runs)
+    regime_readings   the same for the regime study's JSON (`msdetr_lite.regime`, `bench/regime.py`)
+    compare    `msdetr compare`: runs side by side, as PNGs and summary tables
+    demo       `make demo`: data, two trainings, evaluation, report.md
+
+Everything here reads the floors below (the method: models, matching, losses, data, ops; training
+and measuring: engine, evaluation, analysis, runs) and draws through `msdetr_lite.viz`; nothing
+below imports from here (docs/design.md, tests/test_layout.py). `python -m msdetr_lite.lab` trains,
+lists and renders (lab/__main__.py). The older names `msdetr_lite.zoo`, `.samples`, `.widgets` and
+`.report` still work.
+"""
+from pathlib import Path
+
+# the repository (runs/, docs/, bench/results/, notebooks/): where the lab reads and writes its files
+PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,216 @@
+"""Sentences and tables built from measured numbers: what the notebooks, the demo report and
+`msdetr compare` print about models, never typed by hand.
+
+    describe_nms_comparison({"ms": ev_ms, "o2o": ev_o2o})    # NMS-free vs with NMS, in words
+    nms_rows(evals), candidate_table(stats), summary_table([summarize_run(run), ...])
+    benchmark_costs()                                        # bench/overhead.py's JSON as table rows
+    fast_notice(fast)                                        # the fast mode's on-screen warning
+
+The regime study's sentences are in `msdetr_lite.lab.regime_readings`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+from .. import viz
+from ..runs import Run
+from . import PROJECT_ROOT
+
+AP_KEYS = ("AP", "AP50", "AP75")
+
+
+def run_label(run: Run) -> str:
+    """A run's legend label: its name, with its supervision scheme when the name does not say it."""
+    sup = run.supervision
+    return f"{run.name} ({sup})" if sup and sup not in run.name else run.name
+
+
+def _fmt(v, scale=100.0, digits=1) -> str:
+    if v is None or (isinstance(v, float) and (math.isnan(v) or v < 0)):
+        return "-"
+    return f"{scale * v:.{digits}f}"
+
+
+# ---------------------------------------------------------------- sentences from the numbers
+# differences below this (AP x100) are called "about equal": one seed on a CPU moves AP by
+# several points (docs/results.md: 37.7 vs 41.2 for the same seed on two CPU types)
+TIE_AP = 1.0
+NMS_IOU = 0.7            # the NMS-aware numbers: class-wise NMS at this IoU (the authors' option)
+FAST_NOTICE = ("**Fast mode (`MSDETR_FAST=1`): every model below was trained for 2 steps. Its numbers "
+               "are meaningless; they only show that the code runs.** Unset `MSDETR_FAST` (after "
+               "`make zoo`) for the real ones.")
+
+
+def fast_notice(fast: bool) -> str:
+    """The on-screen warning of fast mode (markdown), or "" in full mode."""
+    return FAST_NOTICE if fast else ""
+
+
+def _ap(ev: Mapping, nms: bool = False, layer: Optional[int] = None) -> Optional[float]:
+    """AP x100 of an `evaluation.evaluate` result: final layer (or `layer`), NMS-free or with NMS."""
+    part = ev.get("nms") if nms else ev
+    if not part:
+        return None
+    m = part["final"] if layer is None else part["layers"][layer]
+    return 100.0 * m["AP"] if m.get("AP", -1) >= 0 else None
+
+
+def _dups(ev: Mapping, layer: int = -1) -> Optional[float]:
+    d = (ev.get("duplicates") or {}).get("per_image") or []
+    return d[layer] if d else None
+
+
+SHORT_NAMES = {"ms": "MS-DETR", "o2o": "the o2o baseline", "hybrid": "H-DETR", "group": "Group-DETR"}
+
+
+def _relation(diff: float, other: str) -> str:
+    if abs(diff) < TIE_AP:
+        return f"about equal to {other} ({diff:+.1f})"
+    return f"{abs(diff):.1f} {'above' if diff > 0 else 'below'} {other}"
+
+
+def describe_nms_comparison(evals: Mapping[str, Mapping], model: str = "ms", baseline: str = "o2o",
+                            fast: bool = False) -> str:
+    """A paragraph (markdown) built from two `evaluate(..., nms_iou=...)` results: the model's
+    final-layer AP NMS-free and with NMS against the baseline's, the duplicates per image, and
+    what the two differences together say (candidates vs de-duplication). Says so when the
+    evaluations carry no NMS numbers."""
+    ev_m, ev_b = evals[model], evals[baseline]
+    name = SHORT_NAMES.get(model, model)
+    free_m, free_b = _ap(ev_m), _ap(ev_b)
+    if free_m is None or free_b is None:
+        return f"{name} or the baseline has no AP (no ground truth evaluated?)."
+    d_free = free_m - free_b
+    rel_free = _relation(d_free, f"the baseline's {free_b:.1f}")
+    text = [f"Here {name}'s NMS-free AP is {free_m:.1f}, {rel_free}"]
+    nms_m, nms_b = _ap(ev_m, nms=True), _ap(ev_b, nms=True)
+    if nms_m is None or nms_b is None:
+        text[0] += ". These evaluations have no NMS numbers (`evaluate(..., nms_iou=0.7)` adds them)."
+        return _fast_prefix(fast) + text[0]
+    d_nms = nms_m - nms_b
+    iou = ev_m["nms"]["iou"]
+    rel_nms = _relation(d_nms, f"the baseline's {nms_b:.1f}")
+    text[0] += f"; with class-wise NMS at IoU {iou:g} it is {nms_m:.1f}, {rel_nms}."
+    if d_nms >= TIE_AP and d_free <= -TIE_AP:
+        text.append("Its candidates are better, its duplicates are not yet suppressed: the o2o branch has not "
+                    "learned to silence the extra high-score queries that the o2m branch trains.")
+    elif d_nms >= TIE_AP and d_free >= TIE_AP:
+        text.append("It wins both ways: better candidates, and its o2o branch keeps the duplicates down.")
+    elif d_nms <= -TIE_AP and d_free <= -TIE_AP:
+        text.append("It loses both ways: on this run its candidates are not better than the baseline's either.")
+    elif d_nms <= -TIE_AP and d_free >= TIE_AP:
+        text.append("It wins NMS-free but not with NMS: fewer duplicates, but no better candidates.")
+    else:
+        text.append("The two are within about 1 AP on at least one of the two measures: on one seed that is noise.")
+    dm, db = _dups(ev_m), _dups(ev_b)
+    if dm is not None and db is not None:
+        text.append(f"Duplicates (confident queries on an already-claimed object, final layer): {dm:.1f} per image "
+                    f"for {name}, {db:.1f} for the baseline.")
+    return _fast_prefix(fast) + " ".join(text)
+
+
+def _fast_prefix(fast: bool) -> str:
+    return "(Fast mode: 2-step models, these numbers mean nothing.) " if fast else ""
+
+
+def nms_rows(evals: Mapping[str, Mapping]) -> list[dict]:
+    """One row per model: AP x100 per decoder layer NMS-free and with NMS, what NMS adds at the
+    final layer, and the duplicates per image of the final layer (markdown_table rows)."""
+    rows = []
+    for name, ev in evals.items():
+        n = len(ev.get("layers") or [])
+        free = "/".join(_fmt(ev["layers"][l]["AP"]) for l in range(n))
+        nms = "/".join(_fmt(ev["nms"]["layers"][l]["AP"]) for l in range(n)) if ev.get("nms") else "-"
+        gain = (_ap(ev, nms=True) - _ap(ev)) if ev.get("nms") and _ap(ev) is not None else None
+        dups = _dups(ev)
+        rows.append({"model": name, "AP per layer, NMS-free": free,
+                     f"AP per layer, NMS at IoU {ev['nms']['iou']:g}" if ev.get("nms") else "AP per layer, NMS": nms,
+                     "NMS adds (final layer)": "-" if gain is None else f"{gain:+.1f}",
+                     "duplicates / image": "-" if dups is None else f"{dups:.2f}"})
+    return rows
+
+
+# ---------------------------------------------------------------- benchmark JSON: yours, else the committed one
+def measurement_path(path: Union[str, Path, None], own: Path, committed: Path) -> Optional[Path]:
+    """The benchmark JSON to show: `path` if given, else your own run (`own`, under bench/results),
+    else the committed measurement (`committed`, under docs/results); None if none exists."""
+    candidates = [Path(path)] if path is not None else [own, committed]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+# costs from the benchmark
+OVERHEAD_JSON = PROJECT_ROOT / "bench" / "results" / "overhead.json"
+# bench/overhead.py's JSON as measured for this repository (committed with its machine)
+OVERHEAD_MEASURED_JSON = PROJECT_ROOT / "docs" / "results" / "overhead.json"
+
+
+def benchmark_costs(path: Union[str, Path, None] = None) -> Optional[dict]:
+    """The training cost per scheme measured by bench/overhead.py (its JSON), as
+    {"rows": markdown rows, "caption": what was measured, where}: `path`, else your own run
+    (OVERHEAD_JSON), else the committed measurement (OVERHEAD_MEASURED_JSON); None if none."""
+    path = measurement_path(path, OVERHEAD_JSON, OVERHEAD_MEASURED_JSON)
+    if path is None:
+        return None
+    data = json.loads(path.read_text())
+    results = data.get("results") or []
+    if not results:
+        return None
+    rows = [{"scheme": r["scheme"],
+             "queries in training": (f"{r['num_queries']}+{r['extra_queries']}" if r.get("extra_queries")
+                                     else str(r["num_queries"])),
+             "ms / step (median)": f"{1e3 * r['step_s']:.1f}",
+             "time vs o2o": f"{r['time_ratio']:.2f}x",
+             "peak memory (MiB)": f"{r['peak_mem_mb']:.0f}",
+             "memory vs o2o": f"{r['mem_ratio']:.2f}x"} for r in results]
+    first, args = results[0], data.get("args", {})
+    machine = data.get("machine") or first.get("machine")
+    shown = path.resolve().relative_to(PROJECT_ROOT) if path.resolve().is_relative_to(PROJECT_ROOT) else path.name
+    caption = (f"`{shown}` from `bench/overhead.py`: preset `{first['preset']}`, batch {first['batch']}, "
+               f"{first['image_size']} px images, device `{first['device']}`"
+               + (f" ({machine})" if machine else " (the file does not name the machine)")
+               + f", median of {first['steps']} steps after {first['warmup']} warm-up steps, "
+               f"{args.get('repeats', 1)} round(s); memory: {first['mem_kind']}.")
+    return {"rows": rows, "caption": caption}
+
+
+# ---------------------------------------------------------------- tables
+def summarize_run(run: Run) -> dict:
+    """Final APs (x1 fractions), AP per layer, time per epoch and peak memory of a run."""
+    ev = run.final_eval() or {}
+    times = [r["epoch_time"] for r in run.epochs]
+    mems = [r.get("peak_mem_mb") for r in run.epochs if r.get("peak_mem_mb") is not None]
+    final = ev.get("final", {})
+    return {"name": run.name, "dir": str(run.dir), "label": run_label(run), "supervision": run.supervision,
+            "epochs": len(run.epochs), **{k: final.get(k) for k in AP_KEYS},
+            "AP_per_layer": [l.get("AP") for l in ev.get("layers", [])],
+            "time_per_epoch_s": sum(times) / len(times) if times else None,
+            "peak_mem_mb": max(mems) if mems else None,
+            "peak_mem_kind": run.epochs[-1].get("peak_mem_kind") if run.epochs else None}
+
+
+def summary_table(summaries: Sequence[dict]) -> str:
+    """Markdown table of `summarize_run` results: AP x100 (final layer and per layer), time, memory."""
+    n_layers = max((len(s["AP_per_layer"]) for s in summaries), default=0)
+    layer_cols = [f"AP L{l + 1}" for l in range(n_layers)]
+    rows = []
+    for s in summaries:
+        layers = [_fmt(v) for v in s["AP_per_layer"]] + ["-"] * (n_layers - len(s["AP_per_layer"]))
+        rows.append({"model": s["label"], **{k: _fmt(s[k]) for k in AP_KEYS}, **dict(zip(layer_cols, layers)),
+                     "s / epoch": _fmt(s["time_per_epoch_s"], 1.0, 1), "peak mem (MB)": _fmt(s["peak_mem_mb"], 1.0, 0)})
+    columns = ["model", *AP_KEYS, *layer_cols, "s / epoch", "peak mem (MB)"]
+    return viz.markdown_table(rows, columns) + "\n"
+
+
+def candidate_table(stats_by_model: dict) -> str:
+    """Markdown table of the final decoder layer's candidate statistics, one row per model."""
+    rows = []
+    for name, st in stats_by_model.items():
+        c = st["layers"][-1]
+        rows.append({"model": name, "best IoU per GT": f"{c['best_iou']:.3f}",
+                     "best IoU, top-20": f"{c['best_iou_topk']:.3f}",
+                     "queries IoU>=0.5 per GT": f"{c['num_iou50']:.2f}",
+                     "recall at IoU 0.5, top-20": f"{c['recall50_topk']:.3f}", "duplicates / image": f"{c['duplicates']:.2f}"})
+    return viz.markdown_table(rows) + "\n"
