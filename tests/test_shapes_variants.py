@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from msdetr_lite import cli
 from msdetr_lite.data import synthetic
 from msdetr_lite.data.coco import PROJECT_ROOT
 from msdetr_lite.shapes_knobs import KNOB_NAMES, MAX_OBJECTS, SHAPE_NAMES, VARIANTS, Knobs, variant_knobs
@@ -212,3 +213,21 @@ def test_fourteen_class_variant_trains_one_step(tmp_path):
                                               "train.max_steps_per_epoch=1"), progress=False)
     assert summary["steps"] == 1 and summary["model"].num_classes == len(SHAPE_NAMES)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["num_classes"] == len(SHAPE_NAMES)
+
+
+# --- the msdetr command -------------------------------------------------------------------------
+def test_msdetr_data_shapes_reports_a_bad_value_in_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["data", "shapes", "--out", str(tmp_path / "x"), "--variant", "dense", "--max-objects", "50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err == ["msdetr data: error: max_objects must be in 1..40, got 50"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_msdetr_data_shapes_variant_and_flags(tmp_path):
+    out = tmp_path / "mc"
+    assert cli.main(["data", "shapes", "--out", str(out), "--n-train", "1", "--n-val", "1",
+                     "--variant", "many_classes", "--size", "64", "--max-size", "32"]) == 0
+    info = load(out, "val")["info"]
+    assert info["variant"] == "many_classes" and info["knobs"]["image_size"] == 64
+    assert info["knobs"]["max_size"] == 32 and info["knobs"]["num_classes"] == len(SHAPE_NAMES)
