@@ -231,3 +231,27 @@ def test_msdetr_data_shapes_variant_and_flags(tmp_path):
     info = load(out, "val")["info"]
     assert info["variant"] == "many_classes" and info["knobs"]["image_size"] == 64
     assert info["knobs"]["max_size"] == 32 and info["knobs"]["num_classes"] == len(SHAPE_NAMES)
+
+
+# --- the documentation -------------------------------------------------------------------------
+def test_documented_statistics_are_what_the_command_prints():
+    """data/README.md's table is `python -m msdetr_lite.data.synthetic --stats <every variant>`."""
+    table = synthetic.statistics_table({v: synthetic.variant_statistics(v) for v in VARIANTS})
+    readme = (PROJECT_ROOT / "data" / "README.md").read_text()
+    for line in table.splitlines():
+        assert line in readme, line
+
+
+def test_bench_script_draws_the_grid(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("shapes_variants_bench", PROJECT_ROOT / "bench" / "shapes_variants.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    png = tmp_path / "grid.png"
+    assert bench.main(["--variants", "default", "dense", "--n", "2", "--n-stats", "3", "--figure", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| default | 128 | 4 |" in out and "| dense | 192 | 4 |" in out
+    with Image.open(png) as im:
+        assert im.size[0] == 900
+    committed = PROJECT_ROOT / "docs" / "images" / "shapes_variants.png"
+    assert committed.stat().st_size < 300_000

@@ -46,8 +46,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from msdetr_lite.shapes_knobs import (SHAPE_NAMES, VARIANTS, Knobs, add_knob_arguments, knobs_from_args,
-                                      variant_knobs)
+from msdetr_lite.shapes_knobs import VARIANTS  # noqa: F401 (re-exported: synthetic.VARIANTS)
+from msdetr_lite.shapes_knobs import SHAPE_NAMES, Knobs, add_knob_arguments, knobs_from_args, variant_knobs
 
 CLASS_NAMES = SHAPE_NAMES[:4]            # the embedded set's classes (num_classes=4)
 
@@ -522,25 +522,6 @@ def statistics_table(rows: dict[str, tuple[Knobs, dict]]) -> str:
     return "\n".join(lines)
 
 
-def variants_figure(path: str | Path, variants: Sequence[str] = tuple(VARIANTS), n: int = 4, seed: int = 0,
-                    width: int = 900, **knobs) -> Path:
-    """A PNG of `n` val images per variant (one row each, `knobs` overriding each variant's values)
-    with their ground-truth boxes, `width` px wide."""
-    import tempfile
-
-    from msdetr_lite import viz
-    from msdetr_lite.data.coco import CocoDetection
-    with tempfile.TemporaryDirectory() as tmp:
-        datasets = {}
-        for name in variants:
-            root = Path(tmp) / name
-            generate(root, n_train=0, n_val=n, seed=seed, variant=name, **knobs)
-            datasets[name] = CocoDetection(root / "val", root / "annotations" / "instances_val.json")
-        fig = viz.plot_dataset_rows(datasets, range(n))
-        fig.suptitle("Synthetic shapes variants: validation images with their ground-truth boxes")
-        return viz.save_thumbnail(fig, path, width=width)
-
-
 # --- command line ------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
@@ -566,26 +547,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stats", nargs="*", metavar="VARIANT",
                         help="print the statistics of --n-val val images of these variants (default: --variant) "
                              "with the knob flags applied, as a markdown table; writes nothing")
-    parser.add_argument("--figure", metavar="PNG",
-                        help="draw 4 val images of each variant (default: all) with their boxes into PNG")
     args = parser.parse_args(argv)
     try:
         knobs = knobs_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    if args.stats is None and args.figure is None:
+    if args.stats is None:
         run(args)
         return 0
     given = {k: v for k, v in knobs.items() if k != "variant"}
-    names = args.stats or ([args.variant] if args.stats is not None else list(VARIANTS))
-    if args.stats is not None:
-        try:
-            rows = {name: variant_statistics(name, args.n_val, args.seed, **given) for name in names}
-        except ValueError as e:
-            parser.error(str(e))
-        print(statistics_table(rows))
-    if args.figure:
-        print("wrote", variants_figure(args.figure, names, seed=args.seed, **given))
+    try:
+        rows = {name: variant_statistics(name, args.n_val, args.seed, **given)
+                for name in args.stats or [args.variant]}
+    except ValueError as e:
+        parser.error(str(e))
+    print(statistics_table(rows))
     return 0
 
 
