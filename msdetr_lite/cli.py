@@ -1,6 +1,7 @@
 """The `msdetr` command (also `python -m msdetr_lite`).
 
     msdetr data shapes --out data/shapes                      # the synthetic dataset
+    msdetr data shapes --variant dense --out data/shapes_dense   # a harder variant (data/README.md)
     msdetr train --preset tiny model.supervision=o2o train.epochs=3 [--resume | --overwrite]
     torchrun --nproc_per_node 2 -m msdetr_lite train --preset r50 data.root=/data/coco
     msdetr eval --checkpoint runs/tiny/final.pth [--out FILE] [--nms 0.7]   # -> runs/tiny/eval-final.json
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from msdetr_lite.config import Config, ConfigError, apply_overrides, preset
+from msdetr_lite.shapes_knobs import add_knob_arguments, knobs_from_args
 
 
 class UsageError(Exception):
@@ -95,11 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="data/shapes", help="output folder (default data/shapes)")
     s.add_argument("--n-train", type=_count(1), default=1200, help="training images (default 1200)")
     s.add_argument("--n-val", type=_count(1), default=200, help="validation images (default 200)")
-    s.add_argument("--size", "--image-size", dest="size", type=_count(16), default=128,
-                   help="image height in px (default 128)")
-    s.add_argument("--aspect-jitter", type=float, default=0.125,
-                   help="width varies by up to this fraction of the height (default 0.125)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_knob_arguments(s)                       # --variant, --image-size / --size, --max-objects, ...
 
     p = sub.add_parser("train", help="train a detector (torchrun for several GPUs / nodes)")
     _add_config_args(p, "tiny")
@@ -159,8 +158,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- commands
 def cmd_data(args) -> int:
     from msdetr_lite.data.synthetic import generate
-    s = generate(args.out, n_train=args.n_train, n_val=args.n_val, image_size=args.size, seed=args.seed,
-                 aspect_jitter=args.aspect_jitter, progress=True)
+    try:
+        knobs = knobs_from_args(args)           # the variant and the knob flags, checked
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    s = generate(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed, progress=True, **knobs)
     print(f"wrote {s['images']['train']} train / {s['images']['val']} val images "
           f"({s['annotations']['train']} / {s['annotations']['val']} boxes) to {s['out_dir']} "
           f"in {s['seconds']:.1f} s")

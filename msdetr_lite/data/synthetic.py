@@ -22,6 +22,16 @@ order, so the same arguments give the same bytes on every run and machine (for a
 / zlib version; the annotations do not depend on those at all).
 
 Size: palette ("P" mode) PNGs of 32 colours; 1200 + 200 images at 128 px are ~3.3 MB.
+
+Harder variants: difficulty knobs (objects per image up to 40, up to 14 classes, sizes down to
+6 px, image size, occlusion) and named variants of them live in msdetr_lite.shapes_knobs:
+
+    generate("data/shapes_dense", variant="dense")                 # or any knob: max_objects=20, ...
+    python -m msdetr_lite.data.synthetic --variant coco_like --out data/shapes_coco_like
+    python -m msdetr_lite.data.synthetic --stats dense coco_like   # split_statistics, a markdown table
+
+At the default knobs every image makes exactly the random draws it always made, so the
+embedded data/shapes comes out byte for byte (tests/test_shapes_variants.py).
 """
 from __future__ import annotations
 
@@ -36,7 +46,10 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASS_NAMES = ("circle", "square", "triangle", "cross")
+from msdetr_lite.shapes_knobs import VARIANTS  # noqa: F401 (re-exported: synthetic.VARIANTS)
+from msdetr_lite.shapes_knobs import SHAPE_NAMES, Knobs, add_knob_arguments, knobs_from_args, variant_knobs
+
+CLASS_NAMES = SHAPE_NAMES[:4]            # the embedded set's classes (num_classes=4)
 
 # --- palette: 8 muted background tones, 20 saturated object colours, 4 stroke shades ---------
 # Background tones are close to each other (low-contrast texture); object colours are vivid so
@@ -97,8 +110,9 @@ def _background(draw: ImageDraw.ImageDraw, w: int, h: int, rng: np.random.Genera
             y += bh
 
 
-def _distractors(draw: ImageDraw.ImageDraw, w: int, h: int, rng: np.random.Generator, n: int) -> None:
-    """Thin strokes, arcs and small dots: clutter that is *not* annotated."""
+def _distractors(draw: ImageDraw.ImageDraw, w: int, h: int, rng: np.random.Generator, n: int,
+                 dot_radius: float = 2.5) -> None:
+    """Thin strokes, arcs and small dots (radius 1 to `dot_radius`): clutter that is *not* annotated."""
     colours = list(OBJ_IDX) + list(STROKE_IDX)
     for _ in range(n):
         fill = int(rng.choice(colours))
@@ -112,8 +126,8 @@ def _distractors(draw: ImageDraw.ImageDraw, w: int, h: int, rng: np.random.Gener
             start = float(rng.uniform(0, 360))
             draw.arc([cx - r, cy - r, cx + r, cy + r], start, start + float(rng.uniform(40, 200)),
                      fill=fill, width=int(rng.integers(1, 3)))
-        else:                                       # dot, well below the 12 px object minimum
-            cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1.0, 2.5)
+        else:                                       # dot, well below the smallest object
+            cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1.0, dot_radius)
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
 
 
@@ -123,25 +137,85 @@ def _rotate(points: np.ndarray, theta: float) -> np.ndarray:
     return points @ np.array([[c, s], [-s, c]])
 
 
+def _regular(n: int, r: float, start_deg: float = 90.0) -> np.ndarray:
+    """n points on a circle of radius r (y down), the first at `start_deg`."""
+    ang = (start_deg + 360.0 * np.arange(n) / n) * math.pi / 180
+    return np.stack([r * np.cos(ang), -r * np.sin(ang)], 1)
+
+
+def _any_angle(rng: np.random.Generator) -> float:
+    return math.radians(float(rng.uniform(0, 360)))
+
+
+def _mild_angle(rng: np.random.Generator) -> float:
+    return math.radians(float(rng.uniform(-15, 15)))
+
+
 def _shape_outline(label: int, size: float, rng: np.random.Generator):
-    """Geometry centred at the origin: ("ellipse", (rx, ry)) or ("polygon", [N, 2] points)."""
+    """Geometry centred at the origin: ("ellipse", (rx, ry)), ("ring", (rx, ry, width)) or
+    ("polygons", [[N, 2] points, ...]) (a union of polygons). Labels index SHAPE_NAMES; the
+    first four (the embedded set's) draw exactly as they always have."""
+    a = size / 2
     if label == 0:                                  # circle (slightly elliptic)
-        r = size / 2
-        return "ellipse", (r, r * float(rng.uniform(0.88, 1.12)))
+        return "ellipse", (a, a * float(rng.uniform(0.88, 1.12)))
     if label == 1:                                  # square, mildly rotated (never a diamond)
-        a = size / 2
         pts = np.array([[-a, -a], [a, -a], [a, a], [-a, a]])
-        return "polygon", _rotate(pts, math.radians(float(rng.uniform(-15, 15))))
+        return "polygons", [_rotate(pts, math.radians(float(rng.uniform(-15, 15))))]
     if label == 2:                                  # equilateral triangle, any rotation
-        r = size / math.sqrt(3) * 1.05
-        ang = np.array([90.0, 210.0, 330.0]) * math.pi / 180
-        pts = np.stack([r * np.cos(ang), -r * np.sin(ang)], 1)
-        return "polygon", _rotate(pts, math.radians(float(rng.uniform(0, 360))))
-    # cross ("plus"), arms of thickness ~1/3, mildly rotated
-    a, t = size / 2, size * float(rng.uniform(0.15, 0.19))
-    pts = np.array([[-t, -a], [t, -a], [t, -t], [a, -t], [a, t], [t, t], [t, a], [-t, a],
-                    [-t, t], [-a, t], [-a, -t], [-t, -t]])
-    return "polygon", _rotate(pts, math.radians(float(rng.uniform(-15, 15))))
+        pts = _regular(3, size / math.sqrt(3) * 1.05)
+        return "polygons", [_rotate(pts, math.radians(float(rng.uniform(0, 360))))]
+    if label == 3:                                  # cross ("plus"), arms of thickness ~1/3, mildly rotated
+        t = size * float(rng.uniform(0.15, 0.19))
+        pts = np.array([[-t, -a], [t, -a], [t, -t], [a, -t], [a, t], [t, t], [t, a], [-t, a],
+                        [-t, t], [-a, t], [-a, -t], [-t, -t]])
+        return "polygons", [_rotate(pts, math.radians(float(rng.uniform(-15, 15))))]
+    # --- the shapes beyond the embedded four (variants with num_classes > 4) ---
+    if label == 4:                                  # five-pointed star, any rotation
+        pts = np.empty((10, 2))
+        pts[0::2], pts[1::2] = _regular(5, a * 1.08), _regular(5, a * 0.5, 90.0 + 36.0)
+        return "polygons", [_rotate(pts, _any_angle(rng))]
+    if label == 5:                                  # ring: a disc with a hole showing the background
+        return "ring", (a, a, max(2, int(round(size * 0.2))))
+    if label == 6:                                  # diamond: a rhombus (never a square), mildly rotated
+        pts = np.array([[0, -a], [0.58 * a, 0], [0, a], [-0.58 * a, 0]])
+        return "polygons", [_rotate(pts, _mild_angle(rng))]
+    if label == 7:                                  # "L", any rotation
+        t = 0.38 * size
+        pts = np.array([[-a, -a], [-a + t, -a], [-a + t, a - t], [a, a - t], [a, a], [-a, a]])
+        return "polygons", [_rotate(pts, _any_angle(rng))]
+    if label == 8:                                  # "T", any rotation
+        t = 0.17 * size
+        pts = np.array([[-a, -a], [a, -a], [a, -a + 2 * t], [t, -a + 2 * t], [t, a], [-t, a],
+                        [-t, -a + 2 * t], [-a, -a + 2 * t]])
+        return "polygons", [_rotate(pts, _any_angle(rng))]
+    if label == 9:                                  # semicircle (half disc), any rotation
+        ang = np.linspace(0, math.pi, 19)
+        pts = np.stack([a * np.cos(ang), a / 2 - a * np.sin(ang)], 1)
+        return "polygons", [_rotate(pts, _any_angle(rng))]
+    if label == 10:                                 # arrow: shaft and a triangular head, any rotation
+        t, hw, hl = 0.14 * size, 0.5 * size, 0.45 * size
+        pts = np.array([[-a, -t], [a - hl, -t], [a - hl, -hw], [a, 0], [a - hl, hw], [a - hl, t], [-a, t]])
+        return "polygons", [_rotate(pts, _any_angle(rng))]
+    if label == 11:                                 # bar: a 3.3:1 rectangle, any rotation
+        t = 0.15 * size
+        return "polygons", [_rotate(np.array([[-a, -t], [a, -t], [a, t], [-a, t]]), _any_angle(rng))]
+    if label == 12:                                 # crescent: a disc with an off-centre disc cut out
+        d = 0.75 * a                                # centre distance; the crescent is d thick
+        phi = math.acos(d / (2 * a))
+        outer = np.linspace(phi, 2 * math.pi - phi, 25)
+        inner = np.linspace(math.pi + phi, math.pi - phi, 15)
+        pts = np.concatenate([np.stack([a * np.cos(outer), a * np.sin(outer)], 1),
+                              np.stack([d + a * np.cos(inner), a * np.sin(inner)], 1)])
+        pts[:, 0] -= (d / 2 - a) / 2                # centre the box
+        return "polygons", [_rotate(pts, _any_angle(rng))]
+    if label == 13:                                 # frame: a hollow square, mildly rotated
+        t, theta = max(0.2 * size, 1.5), _mild_angle(rng)
+        sides = [np.array([[-a, -a], [a, -a], [a, -a + t], [-a, -a + t]])]
+        sides.append(np.array([[-a, a - t], [a, a - t], [a, a], [-a, a]]))
+        sides.append(np.array([[-a, -a], [-a + t, -a], [-a + t, a], [-a, a]]))
+        sides.append(np.array([[a - t, -a], [a, -a], [a, a], [a - t, a]]))
+        return "polygons", [_rotate(p, theta) for p in sides]
+    raise ValueError(f"label must be in 0..{len(SHAPE_NAMES) - 1}, got {label}")
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, geom, cx: float, cy: float, fill: int) -> None:
@@ -149,19 +223,25 @@ def _draw_shape(draw: ImageDraw.ImageDraw, geom, cx: float, cy: float, fill: int
     if kind == "ellipse":
         rx, ry = g
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
+    elif kind == "ring":
+        rx, ry, width = g
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=fill, width=width)
     else:
-        draw.polygon([(float(x + cx), float(y + cy)) for x, y in g], fill=fill)
+        for pts in g:
+            draw.polygon([(float(x + cx), float(y + cy)) for x, y in pts], fill=fill)
 
 
 def _geom_extent(geom) -> tuple[float, float]:
     kind, g = geom
-    if kind == "ellipse":
+    if kind in ("ellipse", "ring"):
         return g[0], g[1]
-    return float(np.abs(g[:, 0]).max()), float(np.abs(g[:, 1]).max())
+    pts = np.concatenate(g)
+    return float(np.abs(pts[:, 0]).max()), float(np.abs(pts[:, 1]).max())
 
 
-def _overlap_ok(box: tuple, boxes: list[tuple], max_iou: float = 0.35, max_cover: float = 0.35) -> bool:
-    """New object (drawn on top) may touch/overlap others, but not hide most of one."""
+def _overlap_ok(box: tuple, boxes: list[tuple], max_iou: float, max_cover: float, max_inside: float) -> bool:
+    """New object (drawn on top) may touch/overlap others, but not hide more of one than the
+    occlusion knobs allow (see Knobs: max_iou, max_cover, max_inside)."""
     x0, y0, x1, y1 = box
     area = (x1 - x0) * (y1 - y0)
     for bx0, by0, bx1, by1 in boxes:
@@ -171,27 +251,43 @@ def _overlap_ok(box: tuple, boxes: list[tuple], max_iou: float = 0.35, max_cover
             continue
         inter = iw * ih
         barea = (bx1 - bx0) * (by1 - by0)
-        if inter / (area + barea - inter) > max_iou or inter / barea > max_cover or inter / area > 0.5:
+        if inter / (area + barea - inter) > max_iou or inter / barea > max_cover or inter / area > max_inside:
             return False
     return True
 
 
+_DEFAULT = Knobs()
+
+
 def render_image(rng: np.random.Generator, width: int, height: int,
-                 min_objects: int = 3, max_objects: int = 10,
-                 min_size: float = 12.0, max_size: float = 48.0):
+                 min_objects: int = _DEFAULT.min_objects, max_objects: int = _DEFAULT.max_objects,
+                 min_size: float = _DEFAULT.min_size, max_size: float = _DEFAULT.max_size,
+                 num_classes: int = _DEFAULT.num_classes, max_iou: float = _DEFAULT.max_iou,
+                 max_cover: float = _DEFAULT.max_cover, max_inside: float = _DEFAULT.max_inside):
     """Draw one scene. Returns (PIL "P" image [height, width], list of (label, [x, y, w, h]))
-    with boxes tight around the drawn pixels (xywh, pixels, COCO convention)."""
+    with boxes tight around the drawn pixels (xywh, pixels, COCO convention).
+
+    The knobs (see msdetr_lite.shapes_knobs.Knobs; defaults: the embedded set):
+    min_objects / max_objects: objects drawn, uniform in that range (fewer land when they do not fit);
+    min_size / max_size: shape size in px, log-uniform; num_classes: labels 0..num_classes-1 of
+    SHAPE_NAMES; max_iou / max_cover / max_inside: how much a later object may overlap earlier ones.
+    At the defaults the random draws are exactly those of the embedded data/shapes.
+    """
+    Knobs(image_size=height, min_objects=min_objects, max_objects=max_objects, num_classes=num_classes,
+          min_size=min_size, max_size=max_size, max_iou=max_iou, max_cover=max_cover,
+          max_inside=max_inside).check()
     img = Image.new("P", (width, height), 0)
     img.putpalette(_palette_bytes())
     draw = ImageDraw.Draw(img)
     _background(draw, width, height, rng)
-    _distractors(draw, width, height, rng, int(rng.integers(3, 9)))
+    dot_radius = min(2.5, min_size / 4)             # 2.5 at the default 12 px minimum
+    _distractors(draw, width, height, rng, int(rng.integers(3, 9)), dot_radius)
 
     n_target = int(rng.integers(min_objects, max_objects + 1))
     placed_boxes: list[tuple] = []
     objects = []
     for _ in range(n_target):
-        label = int(rng.integers(len(CLASS_NAMES)))
+        label = int(rng.integers(num_classes))
         # log-uniform size: as many small as large objects
         size = float(math.exp(rng.uniform(math.log(min_size), math.log(max_size))))
         geom = _shape_outline(label, size, rng)
@@ -209,7 +305,7 @@ def render_image(rng: np.random.Generator, width: int, height: int,
             cx = float(min(max(cx, ex + 1), width - ex - 1))
             cy = float(min(max(cy, ey + 1), height - ey - 1))
             box = (cx - ex, cy - ey, cx + ex, cy + ey)
-            if _overlap_ok(box, placed_boxes):
+            if _overlap_ok(box, placed_boxes, max_iou, max_cover, max_inside):
                 break
         else:
             continue
@@ -224,7 +320,7 @@ def render_image(rng: np.random.Generator, width: int, height: int,
         objects.append((label, [bb[0], bb[1], bb[2] - bb[0], bb[3] - bb[1]]))
 
     # a couple of thin strokes on top, so objects are sometimes crossed by clutter
-    _distractors(draw, width, height, rng, int(rng.integers(0, 3)))
+    _distractors(draw, width, height, rng, int(rng.integers(0, 3)), dot_radius)
     return img, objects
 
 
@@ -236,51 +332,75 @@ def _image_size(rng: np.random.Generator, image_size: int, aspect_jitter: float)
     return max(8, int(round(w / 8)) * 8), image_size
 
 
-def generate_split(out_dir: str | Path, split: str, n: int, image_size: int = 128, seed: int = 0,
-                   aspect_jitter: float = 0.125) -> dict:
-    """Write `n` images to out_dir/split/ and return the COCO dict (not yet written)."""
+def generate_split(out_dir: str | Path, split: str, n: int, image_size: Optional[int] = None, seed: int = 0,
+                   aspect_jitter: Optional[float] = None, *, variant: str = "default", **knobs) -> dict:
+    """Write `n` images to out_dir/split/ and return the COCO dict (not yet written).
+
+    variant: a name of VARIANTS; image_size, aspect_jitter and `knobs` (any field of Knobs:
+    min_objects, max_objects, num_classes, min_size, max_size, max_iou, max_cover, max_inside)
+    override its values (None: the variant's). Bad values raise a ValueError naming the knob.
+    """
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be one of {sorted(_SPLIT_CODE)}, got {split!r}")
+    chosen = variant_knobs(variant, image_size=image_size, aspect_jitter=aspect_jitter, **knobs)
     img_dir = Path(out_dir) / split
     img_dir.mkdir(parents=True, exist_ok=True)
     keep = {f"{i:06d}.png" for i in range(1, n + 1)}
     for p in img_dir.iterdir():                     # stale images of a larger earlier run
         if _FILE_RE.match(p.name) and p.name not in keep:
             p.unlink()
+    return coco_split(split, n, seed, chosen, variant, img_dir)
 
+
+def coco_split(split: str, n: int, seed: int = 0, knobs: Knobs = _DEFAULT, variant: str = "default",
+               img_dir: Optional[Path] = None) -> dict:
+    """The COCO dict of `n` images of `split` drawn with `knobs` (checked Knobs; `variant` is only
+    recorded); the images are written to img_dir if given (else only the annotations are made).
+
+    The "info" records the variant and every knob value, except for the default knobs, whose
+    json stays byte-identical to the embedded data/shapes."""
     images, annotations = [], []
+    scene = {k: v for k, v in knobs.as_dict().items() if k not in ("image_size", "aspect_jitter")}
     for i in range(1, n + 1):
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
-        w, h = _image_size(rng, image_size, aspect_jitter)
-        img, objects = render_image(rng, w, h)
+        w, h = _image_size(rng, knobs.image_size, knobs.aspect_jitter)
+        img, objects = render_image(rng, w, h, **scene)
         name = f"{i:06d}.png"
-        img.save(img_dir / name, optimize=True)
+        if img_dir is not None:
+            img.save(img_dir / name, optimize=True)
         images.append({"id": i, "file_name": name, "width": w, "height": h})
         for label, (x, y, bw, bh) in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": label + 1,
                                 "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
+    info = {"description": "msdetr_lite synthetic shapes", "version": "1",
+            "seed": seed, "split": split, "image_size": knobs.image_size}
+    if not knobs.is_default():
+        info.update(variant=variant, knobs=knobs.as_dict())
     return {
-        "info": {"description": "msdetr_lite synthetic shapes", "version": "1",
-                 "seed": seed, "split": split, "image_size": image_size},
+        "info": info,
         "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": [{"id": k + 1, "name": name, "supercategory": "shape"}
-                       for k, name in enumerate(CLASS_NAMES)],
+                       for k, name in enumerate(SHAPE_NAMES[:knobs.num_classes])],
     }
 
 
 def generate(out_dir: str | Path = "data/shapes", n_train: int = 1200, n_val: int = 200,
-             image_size: int = 128, seed: int = 0, aspect_jitter: float = 0.125,
-             progress: bool = False) -> dict:
+             image_size: Optional[int] = None, seed: int = 0, aspect_jitter: Optional[float] = None,
+             progress: bool = False, *, variant: str = "default", **knobs) -> dict:
     """Generate the dataset into out_dir (COCO layout, split names "train" and "val").
+
+    variant: a name of VARIANTS ("default": the embedded data/shapes, byte for byte); image_size,
+    aspect_jitter and `knobs` (any field of Knobs: min_objects, max_objects, num_classes, min_size,
+    max_size, max_iou, max_cover, max_inside) override the variant's values (None: the variant's).
+    Bad values raise a ValueError naming the knob, before anything is written.
 
     Returns a summary {"out_dir", "images": {split: n}, "annotations": {split: n}, "bytes", "seconds"}.
     """
     if n_train < 0 or n_val < 0:
         raise ValueError("n_train and n_val must be >= 0")
-    if image_size < 48:
-        raise ValueError(f"image_size={image_size} is too small for 12-48 px objects; use >= 48")
+    knobs = variant_knobs(variant, image_size=image_size, aspect_jitter=aspect_jitter, **knobs).as_dict()
     t0 = time.perf_counter()
     out = Path(out_dir)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -288,7 +408,7 @@ def generate(out_dir: str | Path = "data/shapes", n_train: int = 1200, n_val: in
     for split, n in (("train", n_train), ("val", n_val)):
         if progress:
             print(f"generating {n} {split} images into {out / split}")
-        coco = generate_split(out, split, n, image_size=image_size, seed=seed, aspect_jitter=aspect_jitter)
+        coco = generate_split(out, split, n, seed=seed, variant=variant, **knobs)
         with open(out / "annotations" / f"instances_{split}.json", "w") as f:
             json.dump(coco, f, separators=(",", ":"))
         summary["images"][split] = len(coco["images"])
@@ -298,21 +418,122 @@ def generate(out_dir: str | Path = "data/shapes", n_train: int = 1200, n_val: in
     return summary
 
 
+# --- statistics --------------------------------------------------------------------------------
+COCO_AREAS = (32 ** 2, 96 ** 2)     # COCOeval's small / medium / large bounds, in px^2 of the stored image
+OCCLUDED_IOU = 0.1                   # a box "occluded" if it overlaps another one of its image at IoU above
+
+
+def resized_size(height: int, width: int, size: int, max_size: Optional[int] = None) -> tuple[int, int]:
+    """(height, width) after the val transform's resize: shorter side to `size`, longer side at
+    most `max_size` (torchvision's Resize(size, max_size) arithmetic)."""
+    short, long = min(height, width), max(height, width)
+    new_short, new_long = size, int(size * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_long, new_short) if height > width else (new_short, new_long)
+
+
+def token_count(height: int, width: int, num_levels: int = 4) -> int:
+    """Encoder tokens of an image as models/detector.py makes them: the ResNet maps at strides
+    8 / 16 / 32 (the last `num_levels` of them; every stride-2 layer rounds up) and, with 4 levels,
+    a stride-64 map made from the stride-32 one."""
+    strides = [8, 16, 32][3 - min(num_levels, 3):] + ([64] if num_levels == 4 else [])
+    return sum(-(-height // s) * -(-width // s) for s in strides)
+
+
+def split_statistics(coco: dict, val_size: Optional[int] = None, max_size: Optional[int] = None,
+                     num_queries: int = 100, num_levels: int = 4) -> dict:
+    """What a COCO dict asks of a detector:
+
+    objects per image (mean, min, max); classes and boxes per class; the small / medium / large
+    share of the boxes by COCO's absolute area bounds (32^2, 96^2 px^2 of the image as stored, the
+    bounds COCOeval's AP_small / AP_medium / AP_large use, not scaled by the image size); the
+    occluded share (boxes overlapping another box of their image at IoU > 0.1); the encoder
+    tokens per image at the evaluation size (`token_count` of each image resized to `val_size`,
+    default the json's info.image_size or the images' median height, longer side <= `max_size`,
+    default 1.5 x val_size as in the tiny preset) and `num_queries` as a share of them.
+    """
+    images = coco["images"]
+    if not images:
+        raise ValueError("the COCO dict lists no images")
+    if val_size is None:
+        val_size = coco.get("info", {}).get("image_size") or int(np.median([im["height"] for im in images]))
+    max_size = int(1.5 * val_size) if max_size is None else max_size
+    boxes: dict[int, list] = {im["id"]: [] for im in images}
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    per_class = {name: 0 for name in names.values()}
+    areas = []
+    for a in coco["annotations"]:
+        boxes[a["image_id"]].append(a["bbox"])
+        per_class[names[a["category_id"]]] += 1
+        areas.append(a["bbox"][2] * a["bbox"][3])
+    counts = np.array([len(b) for b in boxes.values()])
+    occluded = sum(int((_iou_matrix(np.array(b, float)) > OCCLUDED_IOU).any(1).sum()) for b in boxes.values() if b)
+    areas = np.array(areas, float)
+    n_boxes = max(len(areas), 1)
+    tokens = np.array([token_count(*resized_size(im["height"], im["width"], val_size, max_size), num_levels)
+                       for im in images])
+    return {
+        "images": len(images),
+        "objects_per_image": {"mean": float(counts.mean()), "min": int(counts.min()), "max": int(counts.max())},
+        "classes": len(names),
+        "boxes_per_class": per_class,
+        "area_share": {"small": float((areas < COCO_AREAS[0]).sum() / n_boxes),
+                       "medium": float(((areas >= COCO_AREAS[0]) & (areas < COCO_AREAS[1])).sum() / n_boxes),
+                       "large": float((areas >= COCO_AREAS[1]).sum() / n_boxes)},
+        "occluded_share": occluded / n_boxes,
+        "val_size": val_size, "max_size": max_size,
+        "tokens_per_image": float(tokens.mean()),
+        "num_queries": num_queries,
+        "queries_per_token": num_queries / float(tokens.mean()),
+    }
+
+
+def _iou_matrix(xywh: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of [N, 4] xywh boxes, the diagonal zeroed."""
+    x0, y0 = xywh[:, 0], xywh[:, 1]
+    x1, y1 = x0 + xywh[:, 2], y0 + xywh[:, 3]
+    iw = np.clip(np.minimum(x1[:, None], x1) - np.maximum(x0[:, None], x0), 0, None)
+    ih = np.clip(np.minimum(y1[:, None], y1) - np.maximum(y0[:, None], y0), 0, None)
+    inter = iw * ih
+    area = xywh[:, 2] * xywh[:, 3]
+    iou = inter / (area[:, None] + area - inter)
+    np.fill_diagonal(iou, 0.0)
+    return iou
+
+
+def variant_statistics(variant: str = "default", n: int = 200, seed: int = 0, **knobs) -> tuple[Knobs, dict]:
+    """(the checked knobs, split_statistics) of `n` val images of `variant` with `knobs` overriding
+    its values; drawn in memory, nothing is written."""
+    chosen = variant_knobs(variant, **knobs)
+    return chosen, split_statistics(coco_split("val", n, seed, chosen, variant))
+
+
+def statistics_table(rows: dict[str, tuple[Knobs, dict]]) -> str:
+    """A markdown table of {variant: (knobs, split_statistics)}: one row per variant."""
+    lines = ["| variant | image px | classes | objects / image: mean (min-max) | sizes px | "
+             "small / medium / large | occluded | tokens / image | 100 queries / tokens |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, (k, st) in rows.items():
+        o, a = st["objects_per_image"], st["area_share"]
+        lines.append(f"| {name} | {k.image_size} | {st['classes']} | {o['mean']:.1f} ({o['min']}-{o['max']}) | "
+                     f"{k.min_size:g}-{k.max_size:g} | {a['small']:.0%} / {a['medium']:.0%} / {a['large']:.0%} | "
+                     f"{st['occluded_share']:.0%} | {st['tokens_per_image']:.0f} | {st['queries_per_token']:.0%} |")
+    return "\n".join(lines)
+
+
 # --- command line ------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
     parser.add_argument("--n-train", type=int, default=1200, help="training images (default 1200)")
     parser.add_argument("--n-val", type=int, default=200, help="validation images (default 200)")
-    parser.add_argument("--image-size", type=int, default=128, help="image height in px (default 128)")
-    parser.add_argument("--aspect-jitter", type=float, default=0.125,
-                        help="width varies by up to this fraction of the height (default 0.125)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    return parser
+    return add_knob_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
-    summary = generate(args.out, n_train=args.n_train, n_val=args.n_val, image_size=args.image_size,
-                       seed=args.seed, aspect_jitter=args.aspect_jitter, progress=True)
+    summary = generate(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed, progress=True,
+                       **knobs_from_args(args))
     print(f"wrote {summary['images']['train']} train / {summary['images']['val']} val images "
           f"({summary['annotations']['train']} / {summary['annotations']['val']} boxes) to "
           f"{summary['out_dir']}: {summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s")
@@ -322,7 +543,25 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m msdetr_lite.data.synthetic",
                                      description="Generate the synthetic shapes dataset (COCO format).")
-    run(add_arguments(parser).parse_args(argv))
+    add_arguments(parser)
+    parser.add_argument("--stats", nargs="*", metavar="VARIANT",
+                        help="print the statistics of --n-val val images of these variants (default: --variant) "
+                             "with the knob flags applied, as a markdown table; writes nothing")
+    args = parser.parse_args(argv)
+    try:
+        knobs = knobs_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.stats is None:
+        run(args)
+        return 0
+    given = {k: v for k, v in knobs.items() if k != "variant"}
+    try:
+        rows = {name: variant_statistics(name, args.n_val, args.seed, **given)
+                for name in args.stats or [args.variant]}
+    except ValueError as e:
+        parser.error(str(e))
+    print(statistics_table(rows))
     return 0
 
 

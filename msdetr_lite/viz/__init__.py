@@ -19,7 +19,7 @@ Everything is importable from here (`from msdetr_lite.viz import plot_assignment
 from .assignments import plot_assignment, plot_score_matrix
 from .attention import attention_heatmap, plot_attention_layers, plot_backend_timings, plot_deformable_attention
 from .candidates import plot_candidate_quality, plot_candidates, plot_topk_comparison, plot_topk_per_layer
-from .detections import plot_detection_grid, plot_detections, plot_samples
+from .detections import plot_dataset_rows, plot_detection_grid, plot_detections, plot_samples
 from .figures import (boxes_to_pixels, class_name, count_boxes, draw_boxes, fig_to_png, new_figure, save_figure,
                       save_thumbnail, show_image, to_numpy_image)
 from .palette import (BAR_COLORS, BRANCH_COLORS, ENC_COLOR, GT_COLOR, LEVEL_COLORS, LEVEL_STRIDES, O2M_COLOR,
@@ -41,7 +41,7 @@ __all__ = [
     "new_figure", "to_numpy_image", "show_image", "boxes_to_pixels", "draw_boxes", "count_boxes", "class_name",
     "fig_to_png", "save_figure", "save_thumbnail",
     # figures by concept
-    "plot_samples", "plot_detections", "plot_detection_grid", "plot_score_matrix", "plot_assignment",
+    "plot_samples", "plot_dataset_rows", "plot_detections", "plot_detection_grid", "plot_score_matrix", "plot_assignment",
     "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings",
     "plot_candidates", "plot_topk_comparison", "plot_topk_per_layer", "plot_candidate_quality",
     "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_probe", "plot_regime", "plot_regime_epochs", "plot_regime_map",

@@ -12,6 +12,16 @@ from .figures import add_legend, box_handle, boxes_to_pixels, class_name, draw_b
 from .palette import GT_COLOR, O2O_COLOR, scheme_color
 
 
+def _show_sample(ax, dataset, idx: int, class_names=None, texts: bool = True, linewidth: float = 1.6) -> int:
+    """Image `idx` of `dataset` with its ground-truth boxes (and class names) on `ax`; returns the box count."""
+    image, target = dataset[idx]
+    size = target["size"].tolist()
+    show_image(ax, image, size=size)
+    names = [class_name(class_names, l) for l in target["labels"].tolist()] if texts else None
+    draw_boxes(ax, boxes_to_pixels(target["boxes"], size), GT_COLOR, gid="gt", texts=names, linewidth=linewidth)
+    return len(target["labels"])
+
+
 def plot_samples(dataset, indices: Sequence[int], ncols: int = 4, class_names=None, panel: float = 2.6) -> Figure:
     """A grid of dataset images with their ground-truth boxes and class names."""
     indices = list(indices)
@@ -22,12 +32,23 @@ def plot_samples(dataset, indices: Sequence[int], ncols: int = 4, class_names=No
     for ax in axes.flat[len(indices):]:
         ax.set_visible(False)
     for ax, idx in zip(axes.flat, indices):
-        image, target = dataset[idx]
-        size = target["size"].tolist()
-        show_image(ax, image, f"image {idx}: {len(target['labels'])} objects", size=size)
-        draw_boxes(ax, boxes_to_pixels(target["boxes"], size), GT_COLOR, gid="gt",
-                   texts=[class_name(class_names, l) for l in target["labels"].tolist()])
+        n = _show_sample(ax, dataset, idx, class_names)
+        ax.set_title(f"image {idx}: {n} objects", fontsize=10)
     fig.suptitle("The data: images with their ground-truth boxes (green)")
+    return fig
+
+
+def plot_dataset_rows(datasets: Mapping[str, object], indices: Sequence[int] = (0, 1, 2, 3),
+                      panel: float = 2.0) -> Figure:
+    """One row per dataset ({row name: dataset}): the same `indices` of each, with their
+    ground-truth boxes (no class names: crowded images stay readable)."""
+    indices = list(indices)
+    fig, axes = new_figure(len(datasets), len(indices), (panel, panel), extra_height=0.3)
+    for row, (name, dataset) in zip(axes, datasets.items()):
+        for ax, idx in zip(row, indices):
+            n = _show_sample(ax, dataset, idx, texts=False, linewidth=0.8)
+            ax.set_title(f"{n} objects", fontsize=8)
+        row[0].set_ylabel(name, fontsize=10)
     return fig
 
 
