@@ -24,6 +24,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,24 @@ def evaluate_run(run: Path, device: str) -> None:
     tmp.replace(run / regime.NMS_FILE)
 
 
+_DATA_LOCK = threading.Lock()
+
+
+def ensure_data(root: Path, variant: str) -> None:
+    """The shapes variant's data under `root`, generated once (the same 1200 train / 200 val images
+    and seed as data/shapes); a folder without both annotation files is generated again."""
+    with _DATA_LOCK:                                  # two runs of one cell must not both write it
+        ann = root / "annotations"
+        if (ann / "instances_train.json").is_file() and (ann / "instances_val.json").is_file():
+            return
+        from msdetr_lite.data.synthetic import generate
+        tmp = root.with_name(root.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)                        # a generation this script began and never finished
+        generate(tmp, variant=variant, progress=True)
+        tmp.replace(root)
+
+
 def run_one(cell: str, scheme: str, seed: int, args) -> str:
     """Train (or continue) one run and evaluate it; returns a one-line status."""
     run = regime.run_dir(args.runs, regime.CELLS, cell, scheme, seed)
@@ -55,8 +74,11 @@ def run_one(cell: str, scheme: str, seed: int, args) -> str:
         return f"{run}: done"
     t0 = time.perf_counter()
     if not (run / "eval.json").is_file():
+        variant = regime.CELLS[regime.source_cell(regime.CELLS, cell, scheme)].data
+        if variant:
+            ensure_data(regime.data_root(args.runs, variant), variant)
         cmd = [sys.executable, "-m", "msdetr_lite", "train", "--preset", "tiny", "--no-progress",
-               *regime.train_overrides(regime.CELLS, cell, scheme, seed, run), *args.overrides]
+               *regime.train_overrides(regime.CELLS, cell, scheme, seed, run, args.runs), *args.overrides]
         if (run / "checkpoint.pth").is_file():
             cmd.append("--resume")                 # an interrupted run continues
         elif run.exists():

@@ -45,15 +45,20 @@ class Cell:
               the runs of the `demo` cell: e.g. o2m loss weights do not touch the o2o baseline.
     axis:     which of AXES the cell moves along (the map's rows are grouped by it).
     label:    the change in a few plain words, for the map ("" for the demo: the reference point).
+    data:     a shapes variant (data.synthetic VARIANTS) the cell trains on instead of data/shapes;
+              bench/regime.py generates it once under its data folder (`data_root`).
     """
     overrides: tuple[str, ...]
     question: str
     only: Optional[tuple[str, ...]] = None
     axis: str = ""
     label: str = ""
+    data: Optional[str] = None
 
 
 _PLACE, _MATCH, _LOSS = AXES[:3]
+# the tiny preset's multi-scale training around 128 px, moved to the 192 px variants
+_AT_192 = ("data.train_scales=(176,192,208)", "data.val_size=192", "data.max_size=288")
 # One knob at a time, around the demo's recipe. Authors' defaults stay the defaults; every
 # change to the method is a named departure.
 CELLS: dict[str, Cell] = {
@@ -104,6 +109,15 @@ CELLS: dict[str, Cell] = {
                          "class-agnostic NMS at IoU 0.7 on the encoder's proposals before the top 100 become "
                          "queries: fewer queries start on one object (a departure, model.proposal_nms)",
                          axis="queries", label="NMS at 0.7 on the proposals that seed the queries"),
+    "many_classes": Cell((), "14 shape classes instead of 4 (the many_classes variant): a class score that "
+                         "stays lower for longer keeps the o2m matcher's bar S >= tau near IoU 0.4-0.5",
+                         axis="data", label="14 classes instead of 4", data="many_classes"),
+    "coco_like": Cell(_AT_192, "COCO-like scenes (the coco_like variant): 14 classes, 5-30 objects of 6-96 px, "
+                      "more occlusion, 192 px images (queries 12% of the tokens instead of 27%)",
+                      axis="data", label="COCO-like scenes: 14 classes, 5-30 objects, occlusion, 192 px",
+                      data="coco_like"),
+    "dense": Cell(_AT_192, "dense scenes (the dense variant): 20-40 objects of 8-32 px per 192 px image",
+                  axis="data", label="dense scenes: 20-40 small objects, 192 px", data="dense"),
 }
 
 
@@ -122,10 +136,18 @@ def run_dir(root: str | Path, cells: Mapping[str, Cell], cell: str, scheme: str,
     return Path(root) / source_cell(cells, cell, scheme) / run_name(scheme, seed)
 
 
+def data_root(root: str | Path, variant: str) -> Path:
+    """Where the study keeps a shapes variant's data: beside its run folders, `root`/../data/VARIANT."""
+    return Path(root).parent / "data" / variant
+
+
 def train_overrides(cells: Mapping[str, Cell], cell: str, scheme: str, seed: int,
-                    out_dir: str | Path) -> list[str]:
-    """The `msdetr train --preset tiny` overrides of one run."""
-    return [*BASE_OVERRIDES, *cells[source_cell(cells, cell, scheme)].overrides,
+                    out_dir: str | Path, root: str | Path = ".") -> list[str]:
+    """The `msdetr train --preset tiny` overrides of one run (`root`: the study's run folders, for
+    a cell's data variant)."""
+    source = cells[source_cell(cells, cell, scheme)]
+    data = [f"data.root={data_root(root, source.data)}"] if source.data else []
+    return [*BASE_OVERRIDES, *data, *source.overrides,
             f"model.supervision={scheme}", f"train.seed={seed}", f"train.output_dir={out_dir}"]
 
 
@@ -362,4 +384,4 @@ def plot_study(summary: Sequence[dict], path: Optional[str | Path] = None):
 
 
 __all__ = ["AXES", "BASE_OVERRIDES", "CELLS", "Cell", "NMS_FILE", "NMS_IOU", "SCHEMES", "collect", "format_table",
-           "describe_map", "describe_probe", "gap_per_epoch", "map_rows", "per_epoch", "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]
+           "data_root", "describe_map", "describe_probe", "gap_per_epoch", "map_rows", "per_epoch", "plot_study", "run_dir", "run_record", "summarize", "train_overrides"]

@@ -204,3 +204,30 @@ def test_mean_over_runs_averages_seeds_per_epoch():
     assert [r["epoch"] for r in out] == [1, 2] and all(r["seeds"] == 2 for r in out)
     assert out[0]["layers"][0]["score2"] == pytest.approx(0.3) and out[0]["layers"][1]["score2"] == pytest.approx(0.5)
     assert out[0]["layers"][0]["sim_pre_sa"] == pytest.approx(0.5) and out[1]["layers"][0]["sim_pre_sa"] == pytest.approx(0.6)
+
+
+def test_data_variant_cells_train_on_their_generated_data(tmp_path, monkeypatch):
+    """A cell with a shapes variant trains on it (data.root beside the run folders) and
+    bench/regime.py generates it once; a half-generated folder is replaced, never trusted."""
+    import importlib.util
+    opts = regime.train_overrides(regime.CELLS, "coco_like", "o2o", 0, tmp_path / "runs" / "x", tmp_path / "runs")
+    assert f"data.root={tmp_path / 'data' / 'coco_like'}" in opts and "data.val_size=192" in opts
+    assert not any(o.startswith("data.root") for o in regime.train_overrides(regime.CELLS, "demo", "ms", 0, "x"))
+    spec = importlib.util.spec_from_file_location("bench_regime", REPO / "bench" / "regime.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = []
+
+    def fake_generate(out, variant, progress):
+        calls.append((Path(out).name, variant))
+        (Path(out) / "annotations").mkdir(parents=True)
+        for split in ("train", "val"):
+            (Path(out) / "annotations" / f"instances_{split}.json").write_text("{}")
+
+    monkeypatch.setattr("msdetr_lite.data.synthetic.generate", fake_generate)
+    root = tmp_path / "data" / "dense"
+    (root.parent / "dense.partial").mkdir(parents=True)                 # an interrupted generation
+    bench.ensure_data(root, "dense")
+    bench.ensure_data(root, "dense")
+    assert calls == [("dense.partial", "dense")] and (root / "annotations" / "instances_val.json").is_file()
+    assert not (root.parent / "dense.partial").exists()
