@@ -45,7 +45,7 @@ import torch
 from IPython.display import Markdown, display
 
 import msdetr_lite
-from msdetr_lite import report, viz, widgets, zoo
+from msdetr_lite import regime, report, viz, widgets, zoo
 
 torch.set_num_threads(zoo.default_threads())    # one thread per process on a small shared CPU
 THUMBNAILS = zoo.thumbnail_dir()              # docs/images, or $MSDETR_THUMBNAIL_DIR
@@ -161,27 +161,54 @@ if SAVE_THUMBNAIL:                      # the notebook's main finding: candidate
 fig
 
 # %% [markdown]
-# ## 5. Where mixed supervision helps on this data: the regime study
-# `bench/regime.py` (`make regime`) trains o2o, MS-DETR and H-DETR over a small grid around
-# this recipe (decoder depth, queries, heads, schedule, o2m tap and weights), two seeds per
-# cell, and scores each run with and without NMS. Bars: the AP difference to o2o, mean over
-# seeds, whiskers over the seeds' range; dashed line: +2 AP. Where the NMS bar is up and the
-# NMS-free bar down, MS-DETR's candidates are better but its duplicates are not suppressed.
+# ## 5. Where does mixed supervision win? The regime map
+# The question: MS-DETR's candidates are better here (the NMS numbers above), so why does it not
+# *also* win NMS-free, as on COCO (+1.8 AP)? The regime study (`bench/regime.py`, `make regime`)
+# changes one thing of this recipe at a time — where and how the o2m branch supervises, the
+# schedule, the decoder, the queries, the data — trains o2o and MS-DETR with two seeds each,
+# and scores every run with and without NMS. Each row of the map is one change; the dot is
+# MS-DETR's AP minus o2o's, paired by seed (whiskers: the seeds' range). A filled dot right of
+# the dashed line would be the paper's effect: MS-DETR ahead NMS-free by at least 2 AP. A hollow
+# dot far right of a filled one means better candidates whose duplicates survive.
 
 # %%
 study = report.load_regime()
 if study is None:
     display(Markdown(f"**No regime study yet**: `{report.REGIME_JSON.relative_to(zoo.PROJECT_ROOT)}` is missing. "
-                     "Run `make regime` (about two hours on a 2-core CPU, resumable: finished runs are kept), "
+                     "Run `make regime` (several hours on a 2-core CPU, resumable: finished runs are kept), "
                      "then rerun this cell."))
 else:
+    rows = regime.map_rows(study["summary"])
     display(Markdown(f"From `{Path(study['path']).relative_to(zoo.PROJECT_ROOT)}`, measured on "
-                     f"{study.get('machine', 'a machine the file does not name')}. " + report.describe_regime(study)))
-    display(viz.plot_regime(study["summary"], study["nms_iou"]))
-    display(Markdown(viz.markdown_table(report.regime_rows(study))))
+                     f"{study.get('machine', 'a machine the file does not name')}. " + regime.describe_map(rows)))
+    display(viz.plot_regime_map(rows, study["nms_iou"]))
     switched_off = report.describe_o2m_switched_off(study)
     if switched_off:
         display(Markdown(switched_off))
+
+# %% [markdown]
+# ### Why: does the decoder separate an object's candidates?
+# A DETR without NMS must learn, in its decoder's self-attention, to let one query per object
+# score high and push the others down. The mechanism probe (`msdetr_lite.probe`) looks inside
+# the trained checkpoints of every epoch, without training: for each object, its *candidates*
+# are the queries whose box overlaps it at IoU >= 0.5, ranked by their score for the object's
+# class. (a) If the decoder de-duplicates, the **second-best** candidate's score falls through
+# the layers while the best one stays. (b) If self-attention is what separates them, the two
+# best candidates' content vectors are less alike after it than before. (c) When the duplicates
+# appear, epoch by epoch. (d) What the o2m matcher sees at the final layer: how often the 25%
+# positive cap binds, how often o2o's Hungarian pick is also o2m's top-1 query, how well placed
+# the weakest o2m target is.
+
+# %%
+probes = (study or {}).get("probe", {}).get("cells", {})
+if not probes:
+    display(Markdown("This study has no probe yet: `python bench/regime.py --report-only --probe demo` "
+                     "runs it on the demo cell's epoch snapshots (a minute per snapshot)."))
+for cell, by_scheme in probes.items():
+    label = (regime.CELLS[cell].label if cell in regime.CELLS else "") or "the demo's recipe"
+    display(Markdown(f"**{label}** (`{cell}`, {study['probe']['max_images']} val images per snapshot)"))
+    display(viz.plot_probe(by_scheme))
+    display(Markdown(regime.describe_probe(by_scheme)))
 
 # %% [markdown]
 # Is it a matter of time? The paper trains 12 COCO epochs with the lr dropped tenfold after 11;

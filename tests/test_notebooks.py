@@ -111,7 +111,8 @@ def test_mixed_supervision_notebook_exposes_the_tap_and_the_papers_figures():
     assert 'O2M_TAP = "after_ca"' in "".join(params["source"])
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     for call in ("viz.plot_tap_placements(O2M_TAP)", "viz.plot_o2o_losses(", "zoo.nms_evaluation(",
-                 "report.describe_nms_comparison(", "viz.plot_regime(", "report.benchmark_costs()"):
+                 "report.describe_nms_comparison(", "viz.plot_regime_map(", "viz.plot_probe(",
+                 "regime.describe_map(", "regime.describe_probe(", "report.benchmark_costs()"):
         assert call in code, f"03 lacks {call}"
 
 
