@@ -67,6 +67,14 @@ def ensure_data(root: Path, variant: str) -> None:
         tmp.replace(root)
 
 
+def ensure_trunk(out: Path) -> str:
+    """The weights of msdetr_lite.trunk's default recipe under `out`, built once (about 10 min on
+    one CPU thread; cached by recipe and code)."""
+    from msdetr_lite import trunk
+    with _DATA_LOCK:
+        return trunk.build(out=out, progress=False)["path"]
+
+
 def run_one(cell: str, scheme: str, seed: int, args) -> str:
     """Train (or continue) one run and evaluate it; returns a one-line status."""
     run = regime.run_dir(args.runs, regime.CELLS, cell, scheme, seed)
@@ -74,11 +82,13 @@ def run_one(cell: str, scheme: str, seed: int, args) -> str:
         return f"{run}: done"
     t0 = time.perf_counter()
     if not (run / "eval.json").is_file():
-        variant = regime.CELLS[regime.source_cell(regime.CELLS, cell, scheme)].data
-        if variant:
-            ensure_data(regime.data_root(args.runs, variant), variant)
+        source = regime.CELLS[regime.source_cell(regime.CELLS, cell, scheme)]
+        if source.data:
+            ensure_data(regime.data_root(args.runs, source.data), source.data)
+        trunk_path = ensure_trunk(Path(args.runs).parent / "trunks") if source.trunk else None
         cmd = [sys.executable, "-m", "msdetr_lite", "train", "--preset", "tiny", "--no-progress",
-               *regime.train_overrides(regime.CELLS, cell, scheme, seed, run, args.runs), *args.overrides]
+               *regime.train_overrides(regime.CELLS, cell, scheme, seed, run, args.runs, trunk_path),
+               *args.overrides]
         if (run / "checkpoint.pth").is_file():
             cmd.append("--resume")                 # an interrupted run continues
         elif run.exists():

@@ -47,6 +47,9 @@ class Cell:
     label:    the change in a few plain words, for the map ("" for the demo: the reference point).
     data:     a shapes variant (data.synthetic VARIANTS) the cell trains on instead of data/shapes;
               bench/regime.py generates it once under its data folder (`data_root`).
+    trunk:    "pretrained" (msdetr_lite.trunk's synthetic pretraining, the paper's regime: frozen
+              BN, stem and layer1 frozen, 0.1x backbone lr) or "frozen" (the whole trunk frozen);
+              bench/regime.py builds the trunk once (cached) and adds trunk.overrides(...).
     """
     overrides: tuple[str, ...]
     question: str
@@ -54,6 +57,7 @@ class Cell:
     axis: str = ""
     label: str = ""
     data: Optional[str] = None
+    trunk: Optional[str] = None
 
 
 _PLACE, _MATCH, _LOSS = AXES[:3]
@@ -116,6 +120,12 @@ CELLS: dict[str, Cell] = {
                       "more occlusion, 192 px images (queries 12% of the tokens instead of 27%)",
                       axis="data", label="COCO-like scenes: 14 classes, 5-30 objects, occlusion, 192 px",
                       data="coco_like"),
+    "trunk_pretrained": Cell((), "a trunk pretrained on other synthetic images (msdetr_lite.trunk), used as the paper "
+                             "uses ImageNet weights: frozen BN, stem and layer1 frozen, 0.1x backbone lr",
+                             axis="trunk", label="pretrained trunk (synthetic task), fine-tuned at 0.1x lr",
+                             trunk="pretrained"),
+    "trunk_frozen": Cell((), "the pretrained trunk kept frozen: only the transformer learns (the cheapest step)",
+                         axis="trunk", label="pretrained trunk, frozen", trunk="frozen"),
     "dense": Cell(_AT_192, "dense scenes (the dense variant): 20-40 objects of 8-32 px per 192 px image",
                   axis="data", label="dense scenes: 20-40 small objects, 192 px", data="dense"),
 }
@@ -142,11 +152,16 @@ def data_root(root: str | Path, variant: str) -> Path:
 
 
 def train_overrides(cells: Mapping[str, Cell], cell: str, scheme: str, seed: int,
-                    out_dir: str | Path, root: str | Path = ".") -> list[str]:
+                    out_dir: str | Path, root: str | Path = ".", trunk_path: Optional[str | Path] = None) -> list[str]:
     """The `msdetr train --preset tiny` overrides of one run (`root`: the study's run folders, for
-    a cell's data variant)."""
+    a cell's data variant; `trunk_path`: the built trunk's weights, for a cell with a trunk)."""
     source = cells[source_cell(cells, cell, scheme)]
     data = [f"data.root={data_root(root, source.data)}"] if source.data else []
+    if source.trunk and trunk_path is None:
+        raise ValueError(f"cell {cell!r} starts from a pretrained trunk: give trunk_path (msdetr_lite.trunk.build)")
+    if source.trunk:
+        from .trunk import overrides as trunk_overrides
+        data += trunk_overrides(trunk_path, frozen=source.trunk == "frozen")
     return [*BASE_OVERRIDES, *data, *source.overrides,
             f"model.supervision={scheme}", f"train.seed={seed}", f"train.output_dir={out_dir}"]
 
@@ -340,6 +355,12 @@ def describe_probe(probes: Mapping[str, Sequence[dict]], scheme: str = "ms", sch
             return "no object has two candidates"
         return f"{pre:.2f} -> {post:.2f}"
 
+    def last_epoch(recs):
+        if len(recs) < 2:
+            return ""
+        a, z = recs[-2]["layers"][-1]["score2"], recs[-1]["layers"][-1]["score2"]
+        return f"{'falls' if z < a - 0.01 else 'rises' if z > a + 0.01 else 'stays'} ({a:.2f} -> {z:.2f})"
+
     apart = [l for l in (o[-1], b[-1]) if l["sim_pre_sa"] is not None and l["sim_post_sa"] < l["sim_pre_sa"] - 0.02]
     verdict = ("moves the two best candidates of an object apart" if len(apart) == 2 else
                "does not move the two best candidates of an object apart in either model" if not apart else
@@ -348,7 +369,9 @@ def describe_probe(probes: Mapping[str, Sequence[dict]], scheme: str = "ms", sch
     return (f"After epoch {epoch}, an object's second-best candidate scores {o[-1]['score2']:.2f} under {scheme_name} "
             f"and {b[-1]['score2']:.2f} under o2o at the final layer (best: {o[-1]['score1']:.2f} vs "
             f"{b[-1]['score1']:.2f}). Through the decoder, {scheme_name}'s second-best score {trend(o)}; "
-            f"o2o's {trend(b)}. Self-attention {verdict} (cosine similarity entering -> leaving it, final "
+            f"o2o's {trend(b)}." + (f" In the last epoch the final layer's second-best score {last_epoch(base)} "
+                                    f"under o2o and {last_epoch(ours)} under {scheme_name}." if len(ours) > 1 else "")
+            + f" Self-attention {verdict} (cosine similarity entering -> leaving it, final "
             f"layer: {scheme_name} {moved(o[-1])}, o2o {moved(b[-1])}). The o2m matcher at the final layer: the "
             f"25% cap binds in {m['cap_binds']:.0%} of images, o2o's pick is o2m's top-1 for "
             f"{m['o2o_is_o2m_top1']:.0%} of objects, and the weakest o2m target sits at IoU "

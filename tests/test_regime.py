@@ -37,9 +37,17 @@ def test_cells_reuse_demo_runs_only_where_the_scheme_is_untouched(tmp_path):
     assert not any("o2m" in o for o in opts) and "train.seed=1" in opts and "model.supervision=o2o" in opts
     # every cell's overrides name real config fields
     from msdetr_lite.config import apply_overrides, preset
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"")                               # trunk.overrides only checks it is a file
     for name in cells:
         for scheme in regime.SCHEMES:
-            apply_overrides(preset("tiny"), regime.train_overrides(cells, name, scheme, 0, tmp_path))
+            apply_overrides(preset("tiny"), regime.train_overrides(cells, name, scheme, 0, tmp_path,
+                                                                   trunk_path=weights))
+    frozen = regime.train_overrides(cells, "trunk_frozen", "ms", 0, tmp_path, trunk_path=weights)
+    assert f"model.pretrained={weights}" in frozen and "model.train_backbone=false" in frozen
+    assert "model.backbone_norm=frozen_bn" in frozen and "train.lr_backbone=4e-05" in frozen
+    with pytest.raises(ValueError, match="pretrained trunk"):
+        regime.train_overrides(cells, "trunk_pretrained", "o2o", 0, tmp_path)
 
 
 def test_summary_pairs_seeds_and_reports_spread(tmp_path):
@@ -187,6 +195,7 @@ def test_describe_probe_and_its_figure(tmp_path):
                            "under o2o at the final layer (best: 0.90 vs 0.90).")
     assert "MS-DETR's second-best score rises from 0.40 to 0.70; o2o's falls from 0.50 to 0.10" in text
     assert "moves the two best candidates apart in one model only" in text
+    assert "In the last epoch the final layer's second-best score stays (0.10 -> 0.10) under o2o" in text
     assert "MS-DETR 0.90 -> 0.95, o2o 0.90 -> 0.60" in text and "binds in 90% of images" in text
     probes["ms"] = _probe(0.4, 0.7, 0.9, 0.6)
     assert "moves the two best candidates of an object apart (" in regime.describe_probe(probes)
