@@ -51,6 +51,9 @@ FLOORS = [
     ("msdetr_lite.zoo", 4), ("msdetr_lite.samples", 4), ("msdetr_lite.widgets", 4), ("msdetr_lite.report", 4),
     ("msdetr_lite.config", 1), ("msdetr_lite.ops", 1), ("msdetr_lite.kernels", 1), ("msdetr_lite.models", 1),
     ("msdetr_lite.matching", 1), ("msdetr_lite.losses", 1), ("msdetr_lite.data", 1),
+    # the shapes generator's knobs: data (floor 1), kept outside data/ so the CLI parser reads them
+    # without importing torch
+    ("msdetr_lite.shapes_knobs", 1),
 ]
 
 
