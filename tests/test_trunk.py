@@ -28,7 +28,7 @@ def test_build_writes_a_torchvision_state_dict_and_its_record(built):
     torchvision.models.resnet18(num_classes=trunk.NUM_CLASSES).load_state_dict(state)   # strict
     record = json.loads((trunk.trunk_dir(trunk.Recipe(**SMALL), out) / trunk.INFO_FILE).read_text())
     assert record["recipe"] == {**trunk.Recipe().__dict__, **SMALL} and record["key"] == trunk.Recipe(**SMALL).key()
-    assert {"wall_seconds", "final_train_loss", "final_train", "val", "machine"} <= set(record)
+    assert {"wall_seconds", "cpu_seconds", "final_train_loss", "final_train", "val", "machine"} <= set(record)
     assert 0 <= record["final_train"]["presence_acc"] <= 1
 
 
