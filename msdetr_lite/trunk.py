@@ -32,10 +32,10 @@ maps are discarded after pretraining; the saved `fc` is the presence head.
 
 **The recipe** (`Recipe`): 500 AdamW steps of 16 images at 128 px (horizontal flips), lr 1e-3
 with a linear warm-up over the first 5% and a cosine decay to 0, weight decay 1e-4, on 4000
-generated images (2 passes). On one thread of a 2-core AMD EPYC shared with two training runs
-it took 9.5 min (568 s; generating the 4200 images adds ~10 s once). Deterministic: the same
-recipe on the same machine and thread count gives the same weights (seeded torch, sampler and
-generator; no loader workers). The first recipe tried, 250 steps of 32 with centre maps only,
+generated images (2 passes): 294 CPU seconds (4.9 min) on one thread of a 2-core AMD EPYC;
+wall 568 s beside two training runs (generating the 4200 images adds ~10 s once).
+Deterministic: the same recipe on the same machine and thread count gives the same weights
+(seeded torch, sampler and generator; no loader workers). The first recipe tried, 250 steps of 32 with centre maps only,
 reached a held-out centre-map F1 of 0.17; this one 0.35 (coverage F1 0.42; presence stays near
 its 81% always-present baseline), see docs/design.md.
 
@@ -80,7 +80,7 @@ DEFAULT_OUT = PROJECT_ROOT / "runs" / "trunks"
 INFO_FILE = "trunk.json"
 DETECTION_SEED = 0          # the seed of the embedded detection data (data/shapes): never used here
 NUM_CLASSES = 4             # synthetic.CLASS_NAMES
-STRIDES = (16, 32)          # the centre-map levels: layer3, layer4
+STRIDES = (16, 32)          # the map levels: layer3, layer4
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,8 @@ def losses_and_hits(net: PretrainNet, images: torch.Tensor, targets: list[dict])
     loss = F.binary_cross_entropy_with_logits(presence, t_presence)
     for logits, t in zip(maps, t_maps):
         for part in (slice(0, C), slice(C, 2 * C)):
-            loss = loss + sigmoid_focal_loss(logits[:, part], t[:, part], reduction="sum") / t[:, part].sum().clamp(min=1.0)
+            loss = loss + (sigmoid_focal_loss(logits[:, part], t[:, part], reduction="sum")
+                           / t[:, part].sum().clamp(min=1.0))
     with torch.no_grad():
         hits = {"presence_right": int(((presence > 0) == (t_presence > 0)).sum()), "presence_all": t_presence.numel(),
                 "presence_true": int(t_presence.sum())}
@@ -328,7 +329,8 @@ def pretrain(recipe: Recipe, root: Path, progress: bool = True) -> tuple[Pretrai
         with torch.no_grad():
             for images, _masks, targets in build_val_loader(cfg, build_dataset(cfg.data, "val"), recipe.batch_size):
                 loss, batch_hits = losses_and_hits(net, images, targets)
-                val_hits, val_loss, n = _add(val_hits, batch_hits), val_loss + float(loss) * len(targets), n + len(targets)
+                val_hits, val_loss, n = (_add(val_hits, batch_hits), val_loss + float(loss) * len(targets),
+                                         n + len(targets))
         stats.update(val_loss=round(val_loss / n, 4), val=scores(val_hits))
     return net, stats
 
@@ -362,7 +364,8 @@ def build(recipe: Optional[Recipe] = None, out: str | Path = DEFAULT_OUT, progre
                 "data": str(root), "wall_seconds": round(time.perf_counter() - t0, 1),
                 # CPU seconds of this process: on a shared machine the wall time says more about the neighbours
                 "cpu_seconds": round(time.process_time() - cpu0, 1), **stats,
-                "load_average": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": describe_machine()}
+                "load_average": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "machine": describe_machine()}
         tmp = d / f".{INFO_FILE}.tmp"
         tmp.write_text(json.dumps(info, indent=1) + "\n")
         tmp.replace(d / INFO_FILE)                    # written last: its presence means complete
@@ -412,7 +415,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     o = sub.add_parser("overrides", help="print the config overrides of the cached trunk of a recipe")
     _recipe_args(o)
     o.add_argument("--frozen", action="store_true", help="also freeze the whole trunk (model.train_backbone=false)")
-    o.add_argument("--detector-lr", type=float, default=None, help="the detector's train.lr (default: the tiny preset's, 4e-4)")
+    o.add_argument("--detector-lr", type=float, default=None,
+                   help="the detector's train.lr (default: the tiny preset's, 4e-4)")
     args = parser.parse_args(argv)
     try:
         recipe = _recipe_from(args).validate()
