@@ -2,6 +2,7 @@
 `msdetr compare` print about models, never typed by hand.
 
     describe_nms_comparison({"ms": ev_ms, "o2o": ev_o2o})    # NMS-free vs with NMS, in words
+    describe_convergence({"ms": run.convergence(), ...})    # per decoder layer and epoch, in words
     nms_rows(evals), candidate_table(stats), summary_table([summarize_run(run), ...])
     benchmark_costs()                                        # bench/overhead.py's JSON as table rows
     fast_notice(fast)                                        # the fast mode's on-screen warning
@@ -109,6 +110,61 @@ def describe_nms_comparison(evals: Mapping[str, Mapping], model: str = "ms", bas
     if dm is not None and db is not None:
         text.append(f"Duplicates (confident queries on an already-claimed object, final layer): {dm:.1f} per image "
                     f"for {name}, {db:.1f} for the baseline.")
+    return _fast_prefix(fast) + " ".join(text)
+
+
+def _signed(values: Sequence[Optional[float]]) -> str:
+    return ", ".join("-" if v is None else f"{v:+.1f}" for v in values)
+
+
+def describe_convergence(convergences: Mapping[str, Mapping], model: str = "ms", baseline: str = "o2o",
+                         fast: bool = False) -> str:
+    """The reading under `viz.plot_convergence`, from the same `Run.convergence()` grids: in how many
+    (decoder layer, epoch) cells the model is ahead of, level with (within TIE_AP) or behind the
+    baseline, NMS-free and with NMS; the last epoch layer by layer; whether the early or the late
+    half of the decoder gains more (mean over epochs); and where it has more duplicates."""
+    m, b = convergences[model], convergences[baseline]
+    name = SHORT_NAMES.get(model, model)
+    epochs = [e for e in m["epochs"] if e in b["epochs"]]
+    if not epochs or not m["AP"] or not b["AP"]:
+        return _fast_prefix(fast) + f"No epoch was evaluated in both {name}'s and the baseline's run."
+    cols = [(m["epochs"].index(e), b["epochs"].index(e)) for e in epochs]
+    n_layers = min(len(m["AP"]), len(b["AP"]))
+
+    def gaps(key: str, scale: float = 100.0) -> list[list[Optional[float]]]:
+        return [[None if m[key][l][i] is None or b[key][l][j] is None else scale * (m[key][l][i] - b[key][l][j])
+                 for i, j in cols] for l in range(n_layers)]
+
+    def count(grid) -> Optional[str]:
+        cells = [g for row in grid for g in row if g is not None]
+        if not cells:
+            return None
+        ahead = sum(g >= TIE_AP for g in cells)
+        behind = sum(g <= -TIE_AP for g in cells)
+        return f"ahead in {ahead}, level (within {TIE_AP:g} AP) in {len(cells) - ahead - behind}, behind in {behind}"
+
+    free, nms = gaps("AP"), gaps("AP_nms")
+    text = [f"Over {len(epochs)} epoch(s) x {n_layers} decoder layers ({len(epochs) * n_layers} cells), {name} is "
+            f"{count(free)} NMS-free" + (f"; with NMS {count(nms)}." if count(nms) else " (no NMS scores).")]
+    text.append(f"After epoch {epochs[-1]}, layer by layer, NMS-free: {_signed([row[-1] for row in free])}"
+                + (f"; with NMS: {_signed([row[-1] for row in nms])}." if count(nms) else "."))
+    means = [sum(g for g in row if g is not None) / max(1, sum(g is not None for g in row)) for row in free]
+    if n_layers >= 2:
+        half = n_layers // 2
+        early, late = sum(means[:half]) / half, sum(means[half:]) / (n_layers - half)
+        which = "the early layers" if early > late else "the late layers"
+        def span(a: int, z: int) -> str:
+            return f"layer {a}" if a == z else f"layers {a}-{z}"
+        text.append(f"Averaged over the epochs, the NMS-free gap is {early:+.1f} at {span(1, half)} and {late:+.1f} "
+                    f"at {span(half + 1, n_layers)}: {which} gain more (the paper expects the early ones to).")
+    dups = gaps("duplicates", 1.0)
+    cells = [g for row in dups for g in row if g is not None]
+    if cells:
+        more = sum(g > 0 for g in cells)
+        last_m, last_b = m["duplicates"][n_layers - 1][cols[-1][0]], b["duplicates"][n_layers - 1][cols[-1][1]]
+        tail = (f" (last layer after epoch {epochs[-1]}: {last_m:.2f} vs {last_b:.2f})"
+                if last_m is not None and last_b is not None else "")
+        text.append(f"{name} has more duplicates per image than the baseline in {more} of {len(cells)} cells{tail}.")
     return _fast_prefix(fast) + " ".join(text)
 
 

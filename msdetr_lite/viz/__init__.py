@@ -8,7 +8,8 @@ matplotlib Figures, split by concept.
     assignments   o2o vs o2m: the match-score matrix S and the matched query boxes
     attention     deformable attention: sampling points per level and layer, backend timings
     candidates    the paper's Fig. 1: top-k query boxes, candidate statistics per decoder layer
-    training      runs (`msdetr_lite.runs`): losses per branch, AP per epoch and per layer
+    training      runs (`msdetr_lite.runs`): losses per branch, AP per epoch and per layer, and both at
+                  once (`plot_convergence`: decoder layer x epoch, NMS-free, with NMS, duplicates)
     method        the paper's Fig. 4: where the o2m branch taps the decoder layer
     regime        the regime study (`msdetr_lite.regime`): AP minus o2o per cell and per epoch, NMS-free
                   and with NMS
@@ -29,8 +30,8 @@ from .method import TAPS, draw_tap, plot_tap_placements
 from .probe import plot_probe
 from .regime import plot_regime, plot_regime_epochs, plot_regime_map
 from .tables import escape_cell, markdown_table, table_renders
-from .training import (plot_ap_curves, plot_ap_per_layer, plot_loss_curves, plot_nms_ap_per_layer, plot_o2o_losses,
-                       plot_total_loss)
+from .training import (plot_ap_curves, plot_ap_per_layer, plot_convergence, plot_loss_curves, plot_nms_ap_per_layer,
+                       plot_o2o_losses, plot_total_loss)
 
 __all__ = [
     # palette
@@ -45,6 +46,6 @@ __all__ = [
     "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings",
     "plot_candidates", "plot_topk_comparison", "plot_topk_per_layer", "plot_candidate_quality",
     "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_probe", "plot_regime", "plot_regime_epochs", "plot_regime_map",
-    "plot_o2o_losses", "plot_nms_ap_per_layer", "TAPS", "draw_tap", "plot_tap_placements",
+    "plot_o2o_losses", "plot_nms_ap_per_layer", "plot_convergence", "TAPS", "draw_tap", "plot_tap_placements",
     "markdown_table", "escape_cell", "table_renders",
 ]
