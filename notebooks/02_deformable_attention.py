@@ -101,11 +101,12 @@ viz.plot_attention_layers(image, per_layer, size=target["size"].tolist(),
 
 # %% [markdown]
 # ## 2. Explore
-# Pick a query by score rank (0 = the most confident), a decoder layer and a head (or all).
+# Pick a query by score rank (0 = the most confident), a decoder layer, a head (or all) and a
+# training checkpoint (`init` = the initialisation, as in 01 and 04).
 # Low-ranked queries usually sit on background or duplicate a better one.
 
 # %%
-panel = widgets.attention_panel(model, val_ds, indices=range(N_IMAGES))
+panel = widgets.attention_panel(dict(zoo.list_checkpoints("ms", fast=FAST)), val_ds, indices=range(N_IMAGES))
 panel
 
 # %% [markdown]

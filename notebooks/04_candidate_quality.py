@@ -93,10 +93,12 @@ viz.plot_topk_per_layer(img, t["boxes"], per_layer, k=TOP_K, size=t["size"].toli
 
 # %% [markdown]
 # ## 3. Explore
-# Image, decoder layer, model (or both side by side) and how many top queries to draw.
+# Image, decoder layer, model (or both side by side), how many top queries to draw, and the
+# training checkpoint of both models (`init` = the initialisation, as in 01 and 02).
 
 # %%
-panel = widgets.candidates_panel(models, val_ds, indices=range(N_IMAGES), k=TOP_K)
+checkpoints = {s: dict(zoo.list_checkpoints(s, fast=FAST)) for s in models}
+panel = widgets.candidates_panel(checkpoints, val_ds, indices=range(N_IMAGES), k=TOP_K)
 panel
 
 # %% [markdown]

@@ -421,3 +421,22 @@ def test_panel_shows_busy_line_only_for_slow_redraws(monkeypatch):
     monkeypatch.setattr(widgets.Panel, "BUSY_AFTER_S", 30.0)
     panel.controls["delay"].value = 0.0
     assert seen[-1] == "" and panel.busy_shown == 1
+
+
+def test_attention_and_candidates_panels_scrub_checkpoints(micro_ms, micro_o2o):
+    """02 and 04 get the checkpoint selector 01 has: {label: model} per model, one shared control."""
+    att = widgets.attention_panel({"init": micro_o2o, "epoch 1": micro_ms}, TinySet(), indices=[0])
+    assert att.controls["checkpoint"].options == ("init", "epoch 1") and att.controls["checkpoint"].value == "epoch 1"
+    assert "epoch 1" in att.figure._suptitle.get_text()
+    att.controls["checkpoint"].value = "init"
+    assert att.error is None and "init" in att.figure._suptitle.get_text() and att.draws == 2
+    assert "checkpoint" not in widgets.attention_panel(micro_ms, TinySet(), indices=[0]).controls
+    cand = widgets.candidates_panel({"o2o": {"init": micro_ms, "epoch 1": micro_o2o},
+                                     "ms": {"init": micro_o2o, "epoch 1": micro_ms}}, TinySet(), k=3)
+    assert cand.controls["checkpoint"].options == ("init", "epoch 1")
+    before = cand.png
+    cand.controls["checkpoint"].value = "init"
+    assert cand.error is None and "init" in cand.figure._suptitle.get_text() and cand.png != before
+    assert viz.count_boxes(cand.figure, "candidate") == 6
+    with pytest.raises(ValueError, match="share no checkpoint"):
+        widgets.candidates_panel({"o2o": {"a": micro_o2o}, "ms": {"b": micro_ms}}, TinySet())
