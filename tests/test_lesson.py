@@ -78,3 +78,46 @@ def test_describe_convergence_agrees_with_the_grid():
     # no common epoch: says so
     empty = {"o2o": _run("o2o", [None]).convergence(), "ms": convs["ms"]}
     assert "No epoch was evaluated" in readings.describe_convergence(empty)
+
+
+def _cq(best_iou, best_top, recall, num50, dups, dups_top):
+    return {"topk": 20, "layers": [{"best_iou": best_iou, "best_iou_topk": best_top, "recall50_topk": recall,
+                                    "num_iou50": num50, "duplicates": dups, "dups_topk": dups_top}]}
+
+
+def test_describe_candidates_uses_one_definition_and_names_the_mechanism():
+    # issue 25's numbers: all queries favour ms (0.896 vs 0.878), its top 20 favour o2o
+    stats = {"ms": _cq(0.896, 0.822, 0.908, 3.1, 2.5, 4.0), "o2o": _cq(0.878, 0.853, 0.973, 1.6, 0.4, 0.6)}
+    text = readings.describe_candidates(stats)
+    assert text.startswith("A candidate is one of a layer's top 20 queries by score")
+    assert "find fewer of the objects at IoU 0.5 than the baseline's (0.908 vs 0.973" in text
+    assert "placed worse (best IoU per GT 0.822 vs 0.853)" in text
+    assert "Over all queries, whatever their score, MS-DETR's boxes are placed better (best IoU per GT 0.896 vs 0.878)" in text
+    assert "duplicates crowd MS-DETR's top 20: 4.0 of them per image" in text and "(the baseline's: 0.6)" in text
+    assert "2.5 vs 0.4 per image" in text
+    # the views agree: no disagreement sentence
+    agree = readings.describe_candidates({"ms": _cq(0.9, 0.86, 0.98, 3.0, 1.0, 1.0),
+                                          "o2o": _cq(0.88, 0.85, 0.97, 1.5, 0.3, 0.5)})
+    assert "placed better (best IoU per GT 0.860 vs 0.850)" in agree and "disagree" not in agree
+    # they disagree but the top-k holds no more duplicates: says that it does not explain it
+    other = readings.describe_candidates({"ms": _cq(0.9, 0.80, 0.9, 3.0, 1.0, 0.5),
+                                          "o2o": _cq(0.88, 0.85, 0.97, 1.5, 0.3, 0.5)}, fast=True)
+    assert other.startswith("(Fast mode") and "do not explain it here (0.5 vs 0.5" in other
+
+
+def test_candidate_hits_are_drawn_by_object():
+    import torch
+    A, B, FAR = [0.25, 0.25, 0.2, 0.2], [0.75, 0.75, 0.2, 0.2], [0.75, 0.15, 0.1, 0.1]
+    boxes = torch.tensor([A, A, FAR, [0.30, 0.25, 0.2, 0.2]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    fig, axes = viz.new_figure(1, 1)
+    hits = viz.plot_candidate_hits(axes[0, 0], torch.zeros(3, 64, 64), boxes, scores, torch.tensor([A, B]), k=4,
+                                   size=(64, 64))
+    assert hits["per_gt"].tolist() == [3, 0] and hits["missed"] == [1]
+    assert viz.count_boxes(fig, "candidate") == 4 and viz.count_boxes(fig, "gt") == 2
+    labels = [t.get_text() for t in axes[0, 0].texts]
+    assert labels == ["GT 0: 3", "GT 1: missed"]
+    assert "3 of top 4 on an object, 2 extra; missed: GT 1" in axes[0, 0].get_title()
+    fig = viz.plot_topk_comparison([torch.zeros(3, 64, 64)], [torch.tensor([A, B])], {"ms": [(boxes, scores)]}, k=4,
+                                   by_gt=True)
+    assert "GT 1: missed" in [t.get_text() for t in fig.axes[0].texts] and "own colour" in fig._suptitle.get_text()

@@ -3,6 +3,7 @@
 
     describe_nms_comparison({"ms": ev_ms, "o2o": ev_o2o})    # NMS-free vs with NMS, in words
     describe_convergence({"ms": run.convergence(), ...})    # per decoder layer and epoch, in words
+    describe_candidates({"ms": stats_ms, "o2o": stats_o2o})  # the candidates (top-k) and all queries
     nms_rows(evals), candidate_table(stats), summary_table([summarize_run(run), ...])
     benchmark_costs()                                        # bench/overhead.py's JSON as table rows
     fast_notice(fast)                                        # the fast mode's on-screen warning
@@ -165,6 +166,45 @@ def describe_convergence(convergences: Mapping[str, Mapping], model: str = "ms",
         tail = (f" (last layer after epoch {epochs[-1]}: {last_m:.2f} vs {last_b:.2f})"
                 if last_m is not None and last_b is not None else "")
         text.append(f"{name} has more duplicates per image than the baseline in {more} of {len(cells)} cells{tail}.")
+    return _fast_prefix(fast) + " ".join(text)
+
+
+def _compare(a: float, b: float, words: tuple[str, str, str], digits: int = 3) -> str:
+    """words[0] if a > b, words[1] if equal at `digits` decimals, words[2] if a < b."""
+    a, b = round(a, digits), round(b, digits)
+    return words[0] if a > b else (words[1] if a == b else words[2])
+
+
+def describe_candidates(stats: Mapping[str, Mapping], model: str = "ms", baseline: str = "o2o", layer: int = -1,
+                        fast: bool = False) -> str:
+    """04's headline, from two `analysis.candidate_quality` results: the candidates (a layer's top-k
+    queries by score, the one definition) of the model against the baseline's, then the second view
+    over all queries; where the two views disagree, says so and names the mechanism when the numbers
+    show it (duplicates crowding the model's top-k), or says that they do not."""
+    m, b = stats[model]["layers"][layer], stats[baseline]["layers"][layer]
+    k = stats[model].get("topk", 20)
+    name = SHORT_NAMES.get(model, model)
+    where = "the last decoder layer" if layer == -1 else f"decoder layer {layer % len(stats[model]['layers']) + 1}"
+    top_word = _compare(m["best_iou_topk"], b["best_iou_topk"], ("better", "as well", "worse"))
+    all_word = _compare(m["best_iou"], b["best_iou"], ("better", "as well", "worse"))
+    text = [f"A candidate is one of a layer's top {k} queries by score (the boxes Fig. 1 draws). At {where}, "
+            f"{name}'s candidates find {_compare(m['recall50_topk'], b['recall50_topk'], ('more', 'as many', 'fewer'))} "
+            f"of the objects at IoU 0.5 than the baseline's ({m['recall50_topk']:.3f} vs {b['recall50_topk']:.3f} of "
+            f"the GTs) and are placed {top_word} (best IoU per GT {m['best_iou_topk']:.3f} vs {b['best_iou_topk']:.3f}).",
+            f"Over all queries, whatever their score, {name}'s boxes are placed {all_word} (best IoU per GT "
+            f"{m['best_iou']:.3f} vs {b['best_iou']:.3f}), with {m['num_iou50']:.1f} vs {b['num_iou50']:.1f} queries "
+            f"at IoU >= 0.5 per GT."]
+    if top_word != all_word:
+        crowd, crowd_b = m["dups_topk"], b["dups_topk"]
+        if round(crowd, 2) > round(crowd_b, 2):
+            text.append(f"The two views disagree because duplicates crowd {name}'s top {k}: {crowd:.1f} of them per "
+                        f"image land on an object another of its top {k} already found (the baseline's: "
+                        f"{crowd_b:.1f}), and take the places that candidates for other objects would have.")
+        else:
+            text.append(f"The two views disagree, and duplicates in the top {k} do not explain it here "
+                        f"({crowd:.1f} vs {crowd_b:.1f} per image on an already-found object).")
+    text.append(f"Confident duplicates (score > 0.3, what the detector outputs): {m['duplicates']:.1f} vs "
+                f"{b['duplicates']:.1f} per image.")
     return _fast_prefix(fast) + " ".join(text)
 
 
