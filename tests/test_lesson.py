@@ -121,3 +121,49 @@ def test_candidate_hits_are_drawn_by_object():
     fig = viz.plot_topk_comparison([torch.zeros(3, 64, 64)], [torch.tensor([A, B])], {"ms": [(boxes, scores)]}, k=4,
                                    by_gt=True)
     assert "GT 1: missed" in [t.get_text() for t in fig.axes[0].texts] and "own colour" in fig._suptitle.get_text()
+
+
+def _toy(**kw):
+    from msdetr_lite.lab import samples
+    image, target = samples.ToyDataset()[0]
+    out = samples.run_model(samples.ToyModel(), image)
+    return samples.compute_assignment(out, target, **{"k": 6, "tau": 0.4, "alpha": 0.3, **kw})
+
+
+def test_toy_scores_are_the_ones_computed_by_hand():
+    from msdetr_lite.lab import samples
+    rows = samples.toy_rows()
+    # S = 0.3 p + 0.7 IoU, by hand: q0 .27 + .7 = .97, q1 .15 + .42 = .57, q2 .06 + .35 = .41, ...
+    assert [r["S for GT 0"] for r in rows] == [0.97, 0.57, 0.41, 0.18, 0.24, 0.03]
+    assert [r["S for GT 1"] for r in rows] == [0.27, 0.15, 0.06, 0.88, 0.66, 0.03]
+    assert [r["IoU with GT 0"] for r in rows] == [1.0, 0.6, 0.5, 0.0, 0.0, 0.0]
+    assert [r["IoU with GT 1"] for r in rows] == [0.0, 0.0, 0.0, 1.0, 0.6, 0.0]
+
+
+def test_toy_assignment_and_cap_readings():
+    free, capped = _toy(max_pos_fraction=1.0), _toy(max_pos_fraction=0.25)
+    text = readings.describe_assignment(free)
+    assert text == ("One-to-one (Hungarian): GT 0 gets q0, GT 1 gets q3. One-to-many (K = 6, tau = 0.4): 5 positive "
+                    "queries; GT 0 has c = 3 and gets 3 (q0, q1, q2); GT 1 has c = 2 and gets 2 (q3, q4).")
+    k2 = readings.describe_assignment(_toy(k=2, max_pos_fraction=1.0), ["A", "B"])
+    assert "A has c = 3 and gets 2 (q0, q1)" in k2
+    cap = readings.describe_cap(capped, free, ["A", "B"])
+    # 25 % of 6 queries is 1.5: one positive survives (q4, whose best GT is B): B gets its row's top 1 (q3)
+    assert cap.startswith("Steps 2-3 make 5 queries positive; the cap keeps 1 of them (25 % of the 6 queries")
+    assert "with the cap: [0, 1]; without it: [3, 2]" in cap and "removes every o2m target of A, and some of B" in cap
+    assert "does not bind" in readings.describe_cap(_toy(max_pos_fraction=1.0), free)
+    half = readings.describe_cap(_toy(max_pos_fraction=0.5), free, ["A", "B"])
+    assert "[2, 1]" in half and "No GT loses all its o2m targets; A, B get fewer." in half
+
+
+def test_describe_branches_follows_the_table():
+    st = lambda d, n, r: {"duplicates": d, "num_iou50": n, "recall50_topk": r}
+    stats = {0.1: {"o2o": st(0.5, 1.2, 0.9), "o2m": st(2.25, 3.0, 0.8)},
+             0.3: {"o2o": st(0.0, 1.2, 0.9), "o2m": st(0.0, 1.2, 0.8)}}
+    rows = readings.branch_rows(stats)
+    assert [(r["branch"], r["score threshold"]) for r in rows] == [("o2o", 0.1), ("o2m", 0.1), ("o2o", 0.3), ("o2m", 0.3)]
+    assert rows[1]["duplicates (per image)"] == 2.25 and viz.table_renders(viz.markdown_table(rows))
+    text = readings.describe_branches(stats)
+    assert "At score > 0.1, the o2m head has more duplicates (2.25 vs 0.5 per image)" in text
+    assert "more well-placed queries per GT than the o2o head (3 vs 1.2 with IoU >= 0.5)" in text
+    assert "At score > 0.3, neither head has a duplicate" in text and "as many well-placed queries per GT as" in text

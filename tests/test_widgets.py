@@ -173,7 +173,7 @@ def test_assignment_panel_k_slider_redraws_with_fewer_o2m_boxes():
     panel = widgets.assignment_panel({"init": CrowdModel(with_o2m=False), "final": CrowdModel()}, ds)
     k = panel.controls["K"]
     assert k.description == "K" and k.value == MatcherConfig().k and not k.continuous_update
-    assert set(panel.controls) == {"image", "layer", "K", "tau", "alpha", "checkpoint"}
+    assert set(panel.controls) == {"image", "layer", "K", "tau", "alpha", "cap", "checkpoint"}
     assert panel.controls["checkpoint"].value == "final"
     before, png_before = viz.count_boxes(panel.figure, "o2m"), _png(panel)
     assert before == 6
@@ -440,3 +440,13 @@ def test_attention_and_candidates_panels_scrub_checkpoints(micro_ms, micro_o2o):
     assert viz.count_boxes(cand.figure, "candidate") == 6
     with pytest.raises(ValueError, match="share no checkpoint"):
         widgets.candidates_panel({"o2o": {"a": micro_o2o}, "ms": {"b": micro_ms}}, TinySet())
+
+
+def test_assignment_panel_cap_on_the_toy():
+    """01's toy through the real panel: the cap control removes o2m pairs (25 % of 6 queries = 1 positive)."""
+    from msdetr_lite.lab import samples
+    panel = widgets.assignment_panel({"toy": samples.ToyModel()}, samples.ToyDataset(), max_queries=6, image=0)
+    assert panel.error is None and "o2m pairs per GT: [1, 0]" not in panel.figure._suptitle.get_text()
+    assert "o2m pairs per GT: [0, 1]" in panel.figure._suptitle.get_text()      # the default cap, 0.25
+    panel.controls["cap"].value = 1.0
+    assert "no cap: 5 o2m pairs" in panel.figure._suptitle.get_text() and "[3, 2]" in panel.figure._suptitle.get_text()

@@ -169,6 +169,86 @@ def describe_convergence(convergences: Mapping[str, Mapping], model: str = "ms",
     return _fast_prefix(fast) + " ".join(text)
 
 
+def _pairs_per_gt(a: Mapping) -> list[int]:
+    import torch
+    return torch.bincount(torch.as_tensor(a["o2m"][1]).long(), minlength=len(a["gt_labels"])).tolist()
+
+
+def _gt_names(a: Mapping, names: Optional[Sequence[str]]) -> list[str]:
+    return list(names) if names else [f"GT {g}" for g in range(len(a["gt_labels"]))]
+
+
+def describe_assignment(a: Mapping, gt_names: Optional[Sequence[str]] = None) -> str:
+    """Both assignments of one `samples.compute_assignment` result in words: the Hungarian pair of
+    each GT, then per GT its positives c_g and the min(c_g, K) o2m queries it gets."""
+    import torch
+    names = _gt_names(a, gt_names)
+    q1, g1 = (torch.as_tensor(x).tolist() for x in a["o2o"])
+    q2, g2 = (torch.as_tensor(x).tolist() for x in a["o2m"])
+    best, pos = torch.as_tensor(a["best_gt"]), torch.as_tensor(a["positive"]).bool()
+    o2o = ", ".join(f"{names[g]} gets q{q}" for q, g in sorted(zip(q1, g1), key=lambda t: t[1]))
+    per = []
+    for g, name in enumerate(names):
+        c = int((best[pos] == g).sum())
+        mine = [f"q{q}" for q, gg in zip(q2, g2) if gg == g]
+        per.append(f"{name} has c = {c} and gets {len(mine)}" + (f" ({', '.join(mine)})" if mine else ""))
+    return (f"One-to-one (Hungarian): {o2o or 'no pair'}. One-to-many (K = {a['k']}, tau = {a['tau']:g}): "
+            f"{int(pos.sum())} positive queries; " + "; ".join(per) + ".")
+
+
+def describe_cap(capped: Mapping, uncapped: Mapping, gt_names: Optional[Sequence[str]] = None) -> str:
+    """What the positive cap (step 4) did, from two `compute_assignment` results of the same image
+    and layer, with the cap (`max_pos_fraction` < 1) and without (1.0): how many positives steps
+    2-3 made, how many the cap keeps, the o2m pairs per GT both ways, and which GTs lost all."""
+    names = _gt_names(capped, gt_names)
+    n_pos, keep = int(uncapped["positive"].sum()), capped["max_pos"]
+    with_cap, without = _pairs_per_gt(capped), _pairs_per_gt(uncapped)
+    share = f"{100 * capped['max_pos_fraction']:g} % of the {len(capped['positive'])} queries"
+    if n_pos <= keep:
+        return (f"Steps 2-3 make {n_pos} queries positive; the cap keeps up to {keep} ({share}), so it does not bind "
+                f"here: o2m pairs per GT {with_cap}.")
+    lost = [names[g] for g, (w, wo) in enumerate(zip(with_cap, without)) if w == 0 and wo > 0]
+    fewer = [names[g] for g, (w, wo) in enumerate(zip(with_cap, without)) if 0 < w < wo]
+    text = (f"Steps 2-3 make {n_pos} queries positive; the cap keeps {keep} of them ({share}, a random subset). "
+            f"o2m pairs per GT with the cap: {with_cap}; without it: {without}.")
+    if lost:
+        text += f" The cap removes every o2m target of {', '.join(lost)}" + (
+            f", and some of {', '.join(fewer)}." if fewer else ".")
+    elif fewer:
+        text += f" No GT loses all its o2m targets; {', '.join(fewer)} get fewer."
+    return text
+
+
+def branch_rows(stats: Mapping[float, Mapping[str, Mapping]]) -> list[dict]:
+    """01's table of the o2o and o2m heads of one model: {score threshold: {branch: one layer's
+    `candidate_quality` statistics}} -> rows (duplicates, candidates' recall, queries at IoU 0.5)."""
+    from ..analysis import STAT_TITLES
+
+    keys = ("duplicates", "recall50_topk", "num_iou50")
+    return [{"branch": branch, "score threshold": thresh, **{STAT_TITLES[k]: round(st[k], 3) for k in keys}}
+            for thresh, per in stats.items() for branch, st in per.items()]
+
+
+def describe_branches(stats: Mapping[float, Mapping[str, Mapping]], fast: bool = False) -> str:
+    """The o2m head against the o2o head of one model, per score threshold, from the numbers of
+    `branch_rows`: duplicates, and queries at IoU >= 0.5 per GT."""
+    parts = []
+    for thresh, per in stats.items():
+        o2o, o2m = per["o2o"], per["o2m"]
+        d_o2o, d_o2m = round(o2o["duplicates"], 3), round(o2m["duplicates"], 3)
+        if d_o2o == d_o2m == 0:
+            dup = "neither head has a duplicate (no object has two queries that confident)"
+        elif d_o2m > d_o2o:
+            dup = f"the o2m head has more duplicates ({d_o2m:g} vs {d_o2o:g} per image), as it is trained to"
+        else:
+            dup = f"the o2m head has no more duplicates than the o2o head ({d_o2m:g} vs {d_o2o:g} per image)"
+        n_m, n_o = round(o2m["num_iou50"], 3), round(o2o["num_iou50"], 3)
+        more = _compare(n_m, n_o, ("more", "as many", "fewer"))
+        parts.append(f"At score > {thresh:g}, {dup}; the o2m head has {more} well-placed queries per GT "
+                     f"{'as' if more == 'as many' else 'than'} the o2o head ({n_m:g} vs {n_o:g} with IoU >= 0.5).")
+    return (_fast_prefix(fast) if fast else "") + " ".join(parts)
+
+
 def _compare(a: float, b: float, words: tuple[str, str, str], digits: int = 3) -> str:
     """words[0] if a > b, words[1] if equal at `digits` decimals, words[2] if a < b."""
     a, b = round(a, digits), round(b, digits)

@@ -243,7 +243,8 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
     """One-to-one vs one-to-many assignment on real model outputs.
 
     models: {checkpoint label: module or checkpoint path} (e.g. the epochs of one training run).
-    Controls: image, decoder layer, K, tau, alpha, training checkpoint. Shows the GT boxes, the
+    Controls: image, decoder layer, K, tau, alpha, the positive cap (`max_pos_fraction`: at most
+    this fraction of the queries stays positive), training checkpoint. Shows the GT boxes, the
     o2o match, the o2m matches coloured by score and S as a heatmap with the pairs marked.
     image: the position in `indices` shown first; None = the first image where one more K adds
     pairs (`k_sensitive_image`), so moving K visibly changes the assignment; the panel says so
@@ -266,12 +267,12 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
                 f"moving K changes only the hollow circles (the top-K candidates), not the pairs: "
                 f"lower tau to see K act.</i>")
 
-    def draw(image: int, layer: int, K: int, tau: float, alpha: float, checkpoint: str) -> Figure:
+    def draw(image: int, layer: int, K: int, tau: float, alpha: float, cap: float, checkpoint: str) -> Figure:
         idx = indices[image]
         img, target = cache.sample(idx)
         out = cache.outputs(checkpoint, idx)
-        a = compute_assignment(out, target, layer=layer - 1, k=K, tau=tau, alpha=alpha,
-                               max_pos_fraction=matcher.max_pos_fraction, matcher=matcher)
+        a = compute_assignment(out, target, layer=layer - 1, k=K, tau=tau, alpha=alpha, max_pos_fraction=cap,
+                               matcher=matcher)
         fig = viz.plot_assignment(img, a, class_names=class_names, size=target["size"].tolist(),
                                   max_queries=max_queries)
         fig.axes[0].set_title(f"image {idx}, {checkpoint}, decoder layer {layer}\no2o (Hungarian) vs o2m (top-K)",
@@ -286,6 +287,7 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
         "K": _slider("K", matcher.k, 1, 20),
         "tau": _fslider("tau", matcher.tau, 0.0, 1.0, 0.05),
         "alpha": _fslider("alpha", matcher.alpha, 0.0, 1.0, 0.05),
+        "cap": _fslider("positive cap", matcher.max_pos_fraction, 0.05, 1.0, 0.05),
         "checkpoint": _checkpoint_control(names, start),
     }
     return Panel(controls, draw, title="One-to-one vs one-to-many assignment", note=note)
