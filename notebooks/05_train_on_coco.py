@@ -182,7 +182,12 @@ display(Markdown("`evaluate(..., nms_iou=0.7)` also scores every layer after cla
                  "says how much AP its duplicates cost."))
 
 # %%
-fig = viz.plot_ap_per_layer({"this run": ev})
+from msdetr_lite.lab import readings
+from msdetr_lite.runs import load_run
+
+title, caption = readings.plumbing_caption(ev, load_run(OUTPUT_DIR))
+fig = viz.plot_ap_per_layer({"this run": ev}, ylim=(0, 100), title=title)
+display(Markdown(caption))
 if SAVE_THUMBNAIL:
     viz.save_thumbnail(fig, THUMBNAILS / "05_train_on_coco.png")
 fig

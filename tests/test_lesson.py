@@ -167,3 +167,44 @@ def test_describe_branches_follows_the_table():
     assert "At score > 0.1, the o2m head has more duplicates (2.25 vs 0.5 per image)" in text
     assert "more well-placed queries per GT than the o2o head (3 vs 1.2 with IoU >= 0.5)" in text
     assert "At score > 0.3, neither head has a duplicate" in text and "as many well-placed queries per GT as" in text
+
+
+def test_level_shares_and_their_reading(micro_cfg):
+    import torch
+    from msdetr_lite.lab import samples
+    from msdetr_lite.models import build_model
+    w = torch.zeros(2, 3, 4, 2)                          # [Q, M, L, P]
+    w[..., 0, :] = 3.0
+    w[..., 1, :] = 1.0
+    assert samples.level_shares(w) == pytest.approx([0.75, 0.25, 0.0, 0.0])
+    torch.manual_seed(0)
+    model = build_model(micro_cfg(num_feature_levels=4))
+    lv = samples.attention_levels(model, torch.rand(3, 128, 128))
+    assert len(lv["decoder"]) == 2 and len(lv["encoder"]) == 1 and len(lv["spatial_shapes"]) == 4
+    assert all(s == pytest.approx(0.25, abs=1e-6) for layer in lv["decoder"] + lv["encoder"] for s in layer)
+    fig = viz.plot_level_shares({"init": lv, "trained": lv})
+    assert len(fig.axes) == 2 and [t.get_text() for t in fig.axes[0].get_yticklabels()][:2] == ["encoder 1", "decoder 1"]
+    # the collapse issue 25 saw: 99.9 % on level 0 in every decoder layer, the encoder reading the coarse levels
+    trained = {"decoder": [[0.999, 0.001, 0.0, 0.0]] * 4, "encoder": [[0.19, 0.1, 0.2, 0.51], [0.17, 0.06, 0.14, 0.63]],
+               "spatial_shapes": [[16, 16], [8, 8], [4, 4], [2, 2]]}
+    text = readings.describe_levels(lv, trained, object_px=26)
+    assert text.startswith("At initialisation every level gets 25.0 % in every decoder layer")
+    assert "put 99.9 %, 99.9 %, 99.9 %, 99.9 % of their weight on level 0 (stride 8)" in text
+    assert "still read 81.0 %, 83.0 % of their weight from the coarser levels" in text
+    assert "Level 0's 16 x 16 cells are 8 px wide, below a typical object here (26 px)" in text
+    assert "coarsest level (64 px) is larger than the object" in text and "Learned, not a defect" in text
+    spread = {**trained, "decoder": [[0.4, 0.3, 0.2, 0.1]] * 4}
+    assert "Learned" not in readings.describe_levels(lv, spread) and "40.0 %" in readings.describe_levels(lv, spread)
+
+
+def test_plumbing_caption_and_fixed_axis():
+    run = Run.from_records([{"type": "epoch", "epoch": 1, "steps": 20}, {"type": "epoch", "epoch": 2, "steps": 20}],
+                           config={"data": {"max_images": 200}})
+    ev = _eval_record([0.001, 0.002])
+    title, caption = readings.plumbing_caption(ev, run)
+    assert title == "A plumbing check, not a result: 40 training steps on 200 images"
+    assert "trained 40 steps (2 epoch(s)) on 200 images; its AP (0.2 at the last decoder layer)" in caption
+    fig = viz.plot_ap_per_layer({"this run": ev}, metrics=("AP",), ylim=(0, 100), title=title)
+    assert fig.axes[0].get_ylim() == (0, 100) and fig._suptitle.get_text() == title
+    whole = readings.plumbing_caption(ev, Run.from_records([], config={"data": {"max_images": 0}}))[0]
+    assert whole.endswith("0 training steps on the whole train split")

@@ -249,6 +249,64 @@ def describe_branches(stats: Mapping[float, Mapping[str, Mapping]], fast: bool =
     return (_fast_prefix(fast) if fast else "") + " ".join(parts)
 
 
+def describe_levels(init: Mapping, trained: Mapping, object_px: Optional[float] = None,
+                    strides: Sequence[int] = viz.LEVEL_STRIDES) -> str:
+    """02's reading of `viz.plot_level_shares`, from two `samples.attention_levels` results: the
+    decoder's share per level at initialisation and after training and, where the trained decoder
+    reads (almost) only one level, what the numbers say about why: whether the encoder's tokens of
+    that level still read the other levels, and how the levels' cells compare with the objects
+    (`object_px`: a typical object's side in pixels)."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f} %"
+
+    n_levels = len(trained["decoder"][0])
+    first = [round(s, 3) for s in init["decoder"][0]]
+    uniform = all(abs(s - 1 / n_levels) < 0.01 for layer in init["decoder"] for s in layer)
+    text = [("At initialisation every level gets " + pct(1 / n_levels) + " in every decoder layer (the weight layer "
+             "starts at zero, so the softmax over levels x points is uniform)." if uniform else
+             f"At initialisation the decoder's first layer reads {', '.join(pct(s) for s in first)} from levels "
+             f"0-{n_levels - 1}.")]
+    top = [max(range(n_levels), key=layer.__getitem__) for layer in trained["decoder"]]
+    lvl = top[-1]
+    shares = [layer[lvl] for layer in trained["decoder"]]
+    text.append(f"Trained, the decoder layers put {', '.join(pct(s) for s in shares)} of their weight on level {lvl} "
+                f"(stride {strides[lvl]}).")
+    if min(shares) >= 0.9 and all(t == lvl for t in top):
+        enc = [1.0 - layer[lvl] for layer in trained["encoder"]] if lvl == 0 and trained["encoder"] else []
+        reads_all = bool(enc) and min(enc) >= 0.1
+        if reads_all:
+            text.append(f"The other levels are not lost: the encoder's level-{lvl} tokens still read "
+                        f"{', '.join(pct(e) for e in enc)} of their weight from the coarser levels (encoder layers "
+                        f"1-{len(enc)}), so by the decoder the finest map already carries the coarse context.")
+        h, w = trained["spatial_shapes"][lvl]
+        cells = f"Level {lvl}'s {h} x {w} cells are {strides[lvl]} px wide"
+        if object_px is not None:
+            coarser = [s for s in strides[lvl + 1:n_levels] if s >= object_px]
+            cells += (f", below a typical object here ({object_px:.0f} px)" if strides[lvl] < object_px else "")
+            if coarser:
+                cells += f"; a cell of the coarsest level ({strides[n_levels - 1]} px) is larger than the object"
+        text.append(cells + ": on these small images the model learns to read the finest map only."
+                    + (" Learned, not a defect: the same sampling op reads every level in the encoder." if reads_all
+                       else ""))
+    return " ".join(text)
+
+
+def plumbing_caption(ev: Mapping, run: Run) -> tuple[str, str]:
+    """(figure title, caption) for a short run's AP per layer (notebook 05): how many steps on how
+    many images it trained, read from its run folder, and that its AP is a plumbing check of the
+    pipeline, not a result."""
+    steps = sum(int(r.get("steps") or 0) for r in run.epochs)
+    n_images = (run.config.get("data") or {}).get("max_images") or 0
+    images = f"{n_images} images" if n_images else "the whole train split"
+    ap = _ap(ev)
+    title = f"A plumbing check, not a result: {steps} training steps on {images}"
+    caption = (f"**A plumbing check, not a result.** This run trained {steps} steps ({len(run.epochs)} epoch(s)) on "
+               f"{images}; its AP ({'-' if ap is None else f'{ap:.1f}'} at the last decoder layer) only shows that "
+               "training, COCOeval and NMS run end to end. The axis is fixed at 0-100, so that a small number looks "
+               "small; the trained models of notebooks 00-04 (`make zoo`) show what the recipe reaches.")
+    return title, caption
+
+
 def _compare(a: float, b: float, words: tuple[str, str, str], digits: int = 3) -> str:
     """words[0] if a > b, words[1] if equal at `digits` decimals, words[2] if a < b."""
     a, b = round(a, digits), round(b, digits)

@@ -4,6 +4,7 @@
     logits, boxes = branch_predictions(outputs, "o2m", layer=-1)
     assignment = compute_assignment(outputs, target, k=6, tau=0.4, alpha=0.3)
     query_attention(outputs, query), topk_candidates(outputs), query_order(outputs)
+    attention_levels(model, image)                          # 02: the attention weight per feature level
     ToyModel(), ToyDataset(), toy_rows()                    # 01's toy: 2 GTs x 6 queries, S by hand
     bank = ModelBank({"o2o": model, "ms": "runs/ms/final.pth"})   # loaded on first use
     cache = SampleCache(dataset, bank)                      # outputs per (model, image)
@@ -22,7 +23,8 @@ from ..config import MatcherConfig
 from ..matching import one_to_many, one_to_one, select_positives
 
 __all__ = ["ModelBank", "SampleCache", "run_model", "branch_predictions", "compute_assignment",
-           "query_order", "query_attention", "topk_candidates", "ToyModel", "ToyDataset", "toy_rows"]
+           "query_order", "query_attention", "topk_candidates", "level_shares", "attention_levels", "ToyModel",
+           "ToyDataset", "toy_rows"]
 
 @torch.no_grad()
 def run_model(model: torch.nn.Module, image: torch.Tensor, attention: bool = False, aux: bool = True) -> dict:
@@ -134,6 +136,37 @@ def topk_candidates(outputs: dict, layer: int = -1, branch: str = "o2o") -> tupl
     """(boxes [Q, 4], scores [Q]) of image 0 at `layer`: every query's box and its max class score."""
     logits, boxes = branch_predictions(outputs, branch, layer)
     return boxes, logits.float().sigmoid().max(-1).values
+
+
+def level_shares(weights: torch.Tensor) -> list[float]:
+    """The share of attention weight on each feature level, from attention weights [..., M, L, P]
+    (summed over everything but the level)."""
+    w = torch.as_tensor(weights).float()
+    per_level = w.movedim(-2, 0).reshape(w.shape[-2], -1).sum(1)
+    return (per_level / per_level.sum().clamp(min=1e-12)).tolist()
+
+
+@torch.no_grad()
+def attention_levels(model: torch.nn.Module, image: torch.Tensor) -> dict:
+    """Where the model's deformable attention reads, by feature level, on one image: {"decoder":
+    [share per level] per decoder layer (all queries' cross-attention), "encoder": [share per level]
+    per encoder layer for the queries of level 0 (the finest map's tokens), "spatial_shapes"
+    [[H, W] per level]}. The encoder's weights are caught with forward hooks on its attention
+    modules (the model returns only the decoder's)."""
+    from ..models.attention import MSDeformAttn
+
+    caught: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: caught.append(out[2].detach().cpu()))
+             for m in model.encoder.modules() if isinstance(m, MSDeformAttn)]
+    try:
+        out = run_model(model, image, attention=True, aux=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    n0 = int(out["spatial_shapes"][0].prod())                  # level 0's tokens come first
+    return {"decoder": [level_shares(a["attention_weights"][0]) for a in out["attention"]],
+            "encoder": [level_shares(w[0, :n0]) for w in caught],
+            "spatial_shapes": out["spatial_shapes"].tolist()}
 
 
 # ---------------------------------------------------------------- the toy of notebook 01

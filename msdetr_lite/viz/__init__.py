@@ -18,7 +18,8 @@ matplotlib Figures, split by concept.
 Everything is importable from here (`from msdetr_lite.viz import plot_assignment`, `viz.O2O_COLOR`).
 """
 from .assignments import plot_assignment, plot_score_matrix
-from .attention import attention_heatmap, plot_attention_layers, plot_backend_timings, plot_deformable_attention
+from .attention import (attention_heatmap, plot_attention_layers, plot_backend_timings, plot_deformable_attention,
+                        plot_level_shares)
 from .candidates import (plot_candidate_hits, plot_candidate_quality, plot_candidates, plot_topk_comparison,
                          plot_topk_per_layer)
 from .detections import plot_dataset_rows, plot_detection_grid, plot_detections, plot_samples
@@ -44,7 +45,7 @@ __all__ = [
     "fig_to_png", "save_figure", "save_thumbnail",
     # figures by concept
     "plot_samples", "plot_dataset_rows", "plot_detections", "plot_detection_grid", "plot_score_matrix", "plot_assignment",
-    "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings",
+    "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings", "plot_level_shares",
     "plot_candidates", "plot_candidate_hits", "plot_topk_comparison", "plot_topk_per_layer", "plot_candidate_quality",
     "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_probe", "plot_regime", "plot_regime_epochs", "plot_regime_map",
     "plot_o2o_losses", "plot_nms_ap_per_layer", "plot_convergence", "TAPS", "draw_tap", "plot_tap_placements",

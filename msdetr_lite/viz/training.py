@@ -154,11 +154,13 @@ def plot_ap_curves(histories: Mapping[str, RunLike], metrics: Sequence[str] = ("
     return fig
 
 
-def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequence[str] = ("AP", "AP50")) -> Figure:
+def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequence[str] = ("AP", "AP50"),
+                      ylim: Optional[tuple[float, float]] = None, title: Optional[str] = None) -> Figure:
     """AP (x100) of every decoder layer's o2o predictions, one line per model.
 
     evals: {name: an `evaluation.evaluate` result / eval.json ("layers", "layer_ids"), or a
-    `runs.Run` (its final evaluation; runs without one are skipped)}."""
+    `runs.Run` (its final evaluation; runs without one are skipped)}. ylim: a fixed y axis (e.g.
+    (0, 100), so that a small AP looks small) instead of one fitted to the values."""
     fig, axes = new_figure(1, len(metrics), (4.2, 3.0), extra_height=0.3)
     for ax, metric in zip(axes[0], metrics):
         for name, ev in evals.items():
@@ -170,7 +172,9 @@ def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequenc
             ids = ev.get("layer_ids") or list(range(len(layers)))
             ax.plot([i + 1 for i in ids], [100 * m[metric] for m in layers], marker="o", label=name, **style)
         _ap_axes(ax, "decoder layer", metric, f"{metric} per decoder layer")
-    fig.suptitle("Every decoder layer is a detector: AP per layer", fontsize=10)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+    fig.suptitle(title or "Every decoder layer is a detector: AP per layer", fontsize=10)
     return fig
 
 
