@@ -48,7 +48,7 @@ def plot_score_matrix(ax, scores, o2o=None, o2m=None, candidates=None, tau: Opti
     im = ax.imshow(S[:, cols].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     if len(cols) * G <= 48:                   # a small S (the toy of notebook 01): write every value
         for (g, c), v in zip(((g, c) for g in range(G) for c in range(len(cols))), S[:, cols].flatten().tolist()):
-            ax.text(c, g + 0.32, f"{v:.2f}", ha="center", va="center", fontsize=8,
+            ax.text(c, g + 0.32, f"{v:.2f}", ha="center", va="center", fontsize=9,
                     color="black" if v > 0.6 else "white", zorder=6)
     if tau is not None:
         gs, qs = torch.nonzero(S[:, cols] >= tau, as_tuple=True)

@@ -157,10 +157,10 @@ def plot_level_shares(levels: Mapping[str, Mapping]) -> Figure:
                 ax.barh(y, 100 * share, left=left, color=LEVEL_COLORS[lvl % len(LEVEL_COLORS)], edgecolor="white",
                         linewidth=0.5)
                 if share >= 0.12:
-                    ax.text(left + 50 * share, y, f"{100 * share:.0f}%", ha="center", va="center", fontsize=8,
+                    ax.text(left + 50 * share, y, f"{100 * share:.0f}%", ha="center", va="center", fontsize=9,
                             color="white" if lvl >= 2 else "black")
                 left += 100 * share
-        ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+        ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=9)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
         ax.set_xlabel("share of the attention weight (%)", fontsize=9)
@@ -169,6 +169,6 @@ def plot_level_shares(levels: Mapping[str, Mapping]) -> Figure:
     handles = [Line2D([], [], marker="s", linestyle="", color=LEVEL_COLORS[l % len(LEVEL_COLORS)],
                       label=f"level {l} (stride {LEVEL_STRIDES[l] if l < len(LEVEL_STRIDES) else '?'}, "
                             f"{h} x {w} cells)") for l, (h, w) in enumerate(shapes)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
     fig.suptitle("Attention weight per feature level: encoder (level-0 tokens) and decoder (all queries)", fontsize=10)
     return fig

@@ -53,17 +53,17 @@ def plot_candidate_hits(ax, image, boxes, scores, gt_boxes, k: int = 20, title: 
     for g, n in enumerate(hits["per_gt"].tolist()):
         color = object_color(g)
         draw_boxes(ax, gt_px[g:g + 1], color, gid="gt", linestyle="--", linewidth=1.6,
-                   texts=[f"GT {g}: {n}" if n else f"GT {g}: missed"], fontsize=7)
+                   texts=[f"GT {g}: {n}" if n else f"GT {g}: missed"], fontsize=9)
         mine = hits["gt"] == g
         if mine.any():
             draw_boxes(ax, top_px[mine], color, gid="candidate", linewidth=1.3)
     on = int((~lost).sum())
     missed = ", ".join(f"GT {g}" for g in hits["missed"]) or "none"
     ax.set_title((f"{title}\n" if title else "") + f"{on} of top {len(lost)} on an object, {hits['extra']} extra; "
-                 f"missed: {missed}", fontsize=8)
+                 f"missed: {missed}", fontsize=9)
     if legend:
         add_legend(ax, [box_handle("black", "GT (dashed) and the candidates that hit it: one colour", "--"),
-                        box_handle("#9a9a9a", "candidate on no object", ":")], loc="lower right", fontsize=7)
+                        box_handle("#9a9a9a", "candidate on no object", ":")], loc="lower right")
     return hits
 
 

@@ -246,7 +246,7 @@ def plot_convergence(convergences: Mapping[str, Mapping], baseline: str = "o2o",
         for (l, j), v in np.ndenumerate(values):
             r, g, b, _ = cm(norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5          # white text on dark cells
-            ax.text(j, l, "-" if np.isnan(v) else fmt.format(v), ha="center", va="center", fontsize=8,
+            ax.text(j, l, "-" if np.isnan(v) else fmt.format(v), ha="center", va="center", fontsize=9,
                     color="white" if dark else "black")
         ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
         ax.set_yticks(range(values.shape[0]), [str(l + 1) for l in range(values.shape[0])])
