@@ -208,3 +208,52 @@ def test_plumbing_caption_and_fixed_axis():
     assert fig.axes[0].get_ylim() == (0, 100) and fig._suptitle.get_text() == title
     whole = readings.plumbing_caption(ev, Run.from_records([], config={"data": {"max_images": 0}}))[0]
     assert whole.endswith("0 training steps on the whole train split")
+
+
+def test_math_becomes_mathml_and_code_stays():
+    from msdetr_lite.lab.render import math_to_mathml
+    md = ("A score $S = \\alpha p$ and\n\n$$\\frac{1}{N}\\sum_q x_q$$\n\nbut `$HOME` and $ msdetr stay,\n"
+          "```bash\necho $PATH $x$\n```\nprice 5$ too.")
+    out = math_to_mathml(md)
+    assert out.count('<math display="inline">') == 1 and "xmlns" not in out
+    assert out.count('display="block"') == 1 and "<mfrac>" in out
+    assert "`$HOME`" in out and "echo $PATH $x$" in out and "$ msdetr stay" in out and "price 5$ too." in out
+    assert math_to_mathml("no math here") == "no math here"
+
+
+def _synthetic_notebook(n_markdown: int):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# cell {i}: $x_{i}$") for i in range(n_markdown)]
+    nb.cells.append(nbformat.v4.new_code_cell("print(1)"))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def test_export_reads_offline_and_stale_pages_are_found(tmp_path):
+    """A page made by render's exporter has its math as MathML and no MathJax from a CDN;
+    stale_pages finds a page whose notebook gained a cell, or whose page is missing."""
+    import nbformat
+    from msdetr_lite.lab import render
+    nb_dir, html_dir = tmp_path / "notebooks", tmp_path / "html"
+    nb_dir.mkdir(), html_dir.mkdir()
+    for name, n in (("00_a", 2), ("01_b", 3)):
+        nb = _synthetic_notebook(n)
+        nbformat.write(nb, nb_dir / f"{name}.ipynb")
+        (html_dir / f"{name}.html").write_text(render.export_html(nb))
+    page = (html_dir / "00_a.html").read_text()
+    assert '<math display="inline">' in page and "ns0:" not in page
+    assert "Load mathjax" not in page and "libs/mathjax" not in page.lower()          # no math script from a CDN
+    assert render.page_cell_ids(page) == [c.id for c in nbformat.read(nb_dir / "00_a.ipynb", as_version=4).cells]
+    assert render.stale_pages(html_dir, nb_dir) == []
+    nb = nbformat.read(nb_dir / "01_b.ipynb", as_version=4)             # a cell added since the page was made
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell("new"))
+    nbformat.write(nb, nb_dir / "01_b.ipynb")
+    assert render.stale_pages(html_dir, nb_dir) == [{"name": "01_b", "notebook_cells": 5, "page_cells": 4,
+                                                     "ids_differ": False}]
+    nb.cells[1].id = "renamed"                                          # same count, another cell
+    nb.cells.pop(2)
+    nbformat.write(nb, nb_dir / "01_b.ipynb")
+    assert render.stale_pages(html_dir, nb_dir, names=["01_b"])[0]["ids_differ"] is True
+    (html_dir / "00_a.html").unlink()
+    assert render.stale_pages(html_dir, nb_dir, names=["00_a"])[0]["page_cells"] is None
