@@ -193,7 +193,8 @@ class Run:
             if key == "AP":
                 layers = ev.get("layers") or []
             elif key == "AP_nms":
-                layers = (ev["nms"].get("layers") or []) if (ev.get("nms") or {}).get("iou") == iou else []
+                nms = ev.get("nms") or {}
+                layers = (nms.get("layers") or []) if nms and nms.get("iou") == iou else []
             else:
                 layers = (ev.get("duplicates") or {}).get("per_image") or []
             if layer >= len(layers):

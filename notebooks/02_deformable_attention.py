@@ -15,6 +15,10 @@
 # %% [markdown]
 # # 02 · Multi-scale deformable attention
 #
+# **The question.** Where in the image does a decoder query look, at which scale, and what does
+# training change about it? The pictures come first (section 1: one query, then every query's
+# weight per feature level, at initialisation and trained); the formula is here for reference:
+#
 # Every decoder query attends to the image through **deformable cross-attention**
 # (Deformable DETR): instead of comparing itself with all H·W feature-map positions, each
 # query predicts, per head *m*, level *l* and point *p*, a small **offset** from its

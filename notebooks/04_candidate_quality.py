@@ -15,6 +15,9 @@
 # %% [markdown]
 # # 04 · Candidate quality: the paper's Fig. 1
 #
+# **The question.** Does mixed supervision give the decoder better candidates, boxes that sit
+# tighter on more of the objects, and what do its duplicates do to them?
+#
 # MS-DETR's explanation of *why* mixed supervision works: the one-to-many loss trains
 # several queries per object to be good, so the decoder's **candidates**, the boxes of its
 # top-scoring queries, gather tightly around the objects, layer after layer. The o2o

@@ -115,7 +115,7 @@ def describe_nms_comparison(evals: Mapping[str, Mapping], model: str = "ms", bas
 
 
 def _signed(values: Sequence[Optional[float]]) -> str:
-    return ", ".join("-" if v is None else f"{v:+.1f}" for v in values)
+    return ", ".join("-" if v is None else f"{round(v, 1) + 0.0:+.1f}" for v in values)   # + 0.0: no "-0.0"
 
 
 def describe_convergence(convergences: Mapping[str, Mapping], model: str = "ms", baseline: str = "o2o",
@@ -153,11 +153,16 @@ def describe_convergence(convergences: Mapping[str, Mapping], model: str = "ms",
     if n_layers >= 2:
         half = n_layers // 2
         early, late = sum(means[:half]) / half, sum(means[half:]) / (n_layers - half)
-        which = "the early layers" if early > late else "the late layers"
+        if abs(early - late) < TIE_AP:
+            which = f"the early and the late layers gain about the same (within {TIE_AP:g} AP)"
+        else:
+            which = f"{'the early' if early > late else 'the late'} layers gain more"
+
         def span(a: int, z: int) -> str:
             return f"layer {a}" if a == z else f"layers {a}-{z}"
-        text.append(f"Averaged over the epochs, the NMS-free gap is {early:+.1f} at {span(1, half)} and {late:+.1f} "
-                    f"at {span(half + 1, n_layers)}: {which} gain more (the paper expects the early ones to).")
+        text.append(f"Averaged over the epochs, the NMS-free gap is {_signed([early])} at {span(1, half)} and "
+                    f"{_signed([late])} at {span(half + 1, n_layers)}: {which} (the paper expects the early ones to "
+                    f"gain more).")
     dups = gaps("duplicates", 1.0)
     cells = [g for row in dups for g in row if g is not None]
     if cells:

@@ -4,6 +4,7 @@ counted), and the `msdetr_lite.analysis` statistics per layer."""
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -58,9 +59,10 @@ def plot_candidate_hits(ax, image, boxes, scores, gt_boxes, k: int = 20, title: 
         if mine.any():
             draw_boxes(ax, top_px[mine], color, gid="candidate", linewidth=1.3)
     on = int((~lost).sum())
-    missed = ", ".join(f"GT {g}" for g in hits["missed"]) or "none"
-    ax.set_title((f"{title}\n" if title else "") + f"{on} of top {len(lost)} on an object, {hits['extra']} extra; "
-                 f"missed: {missed}", fontsize=9)
+    missed = (f"missed {len(hits['missed'])} of {len(gt_px)} GTs: " + ", ".join(map(str, hits["missed"]))
+              if hits["missed"] else "no GT missed")
+    ax.set_title((f"{title}\n" if title else "") + f"{on} of top {len(lost)} on an object, {hits['extra']} extra\n"
+                 + "\n".join(textwrap.wrap(missed, 40)), fontsize=9)
     if legend:
         add_legend(ax, [box_handle("black", "GT (dashed) and the candidates that hit it: one colour", "--"),
                         box_handle("#9a9a9a", "candidate on no object", ":")], loc="lower right")
@@ -91,8 +93,7 @@ def plot_topk_comparison(images: Sequence, gt_boxes: Sequence, predictions: Mapp
 
 
 _GT_KEY = {False: "ground truth dashed green",
-           True: "each GT dashed in its own colour with the candidates that hit it (IoU >= 0.5), "
-                 "grey: candidates on no object"}
+           True: "each GT (dashed) and the candidates that hit it in one colour; grey: on no object"}
 
 
 def _candidate_panel(ax, image, boxes, scores, gt_boxes, k, name, size, title, by_gt):
