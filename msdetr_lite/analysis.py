@@ -2,7 +2,10 @@
 
 MS-DETR's claim is that one-to-many supervision of the primary queries makes the decoder's
 *candidates* better: more queries sit tightly on each object, and the top-scored ones cover the
-objects. These statistics measure that, class-agnostically, from a model's output dict:
+objects. A **candidate**, everywhere in this suite (notebooks 01, 03, 04, the readings), is one
+of a layer's top-k queries by score (k = 20, the boxes the paper's Fig. 1 draws); the statistics
+over *all* Q queries are the second view, reported beside it. These statistics measure both,
+class-agnostically, from a model's output dict:
 
     best_iou        per GT: the best IoU over all Q queries                        (mean over GTs)
     best_iou_topk   per GT: the best IoU over the top-k scored queries             (mean over GTs)
@@ -12,6 +15,9 @@ objects. These statistics measure that, class-agnostically, from a model's outpu
     recall75_topk   fraction of GTs covered by at least one top-k query at IoU >= 0.75
     duplicates      per image: high-score queries (score > score_thresh) that land (IoU >=
                     dup_iou) on a GT already claimed by a higher-scored query  (mean over images)
+    dups_topk       per image: top-k queries that land (IoU >= dup_iou) on a GT another top-k
+                    query already found (`candidate_hits`): how much of the top-k duplicates
+                    crowd out                                                  (mean over images)
 
 A query's score is its max sigmoid over classes. `duplicates` goes through the confident
 queries from the highest score down, each claiming the GT it overlaps most; a query whose GT is
@@ -35,7 +41,7 @@ from torchvision.ops import box_convert, box_iou
 from tqdm.auto import tqdm
 
 STAT_NAMES = ("best_iou", "best_iou_topk", "num_iou50", "num_iou70",
-              "recall50_topk", "recall75_topk", "duplicates")
+              "recall50_topk", "recall75_topk", "duplicates", "dups_topk")
 STAT_TITLES = {
     "best_iou": "best IoU per GT, all queries (mean IoU)",
     "best_iou_topk": "best IoU per GT, top-k queries (mean IoU)",
@@ -44,8 +50,10 @@ STAT_TITLES = {
     "recall50_topk": "GTs found by the top-k at IoU 0.5 (fraction)",
     "recall75_topk": "GTs found by the top-k at IoU 0.75 (fraction)",
     "duplicates": "duplicates (per image)",
+    "dups_topk": "top-k queries on an already-found GT (per image)",
 }
-_PER_GT = STAT_NAMES[:-1]
+_PER_IMAGE = ("duplicates", "dups_topk")
+_PER_GT = tuple(n for n in STAT_NAMES if n not in _PER_IMAGE)
 
 
 class CandidateQualityAccumulator:
@@ -90,7 +98,7 @@ class CandidateQualityAccumulator:
         layers = []
         for sums in self.sums or []:
             d = {n: (sums[n] / self.num_gt if self.num_gt else math.nan) for n in _PER_GT}
-            d["duplicates"] = sums["duplicates"] / self.num_images if self.num_images else math.nan
+            d.update({n: sums[n] / self.num_images if self.num_images else math.nan for n in _PER_IMAGE})
             layers.append(d)
         return {"layers": layers, "num_images": self.num_images, "num_gt": self.num_gt,
                 "topk": self.topk, "score_thresh": self.score_thresh, "dup_iou": self.dup_iou,
@@ -120,6 +128,8 @@ def image_candidate_stats(logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: t
     out["num_iou70"] = (iou >= 0.7).sum().item()
     out["recall50_topk"] = (best_top >= 0.5).sum().item()
     out["recall75_topk"] = (best_top >= 0.75).sum().item()
+    hit = _hits(iou[:, top], dup_iou)
+    out["dups_topk"] = float(int((hit >= 0).sum()) - int(hit[hit >= 0].unique().numel()))
 
     confident = torch.nonzero(scores > score_thresh).flatten()
     confident = confident[scores[confident].argsort(descending=True)]
@@ -135,6 +145,35 @@ def image_candidate_stats(logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: t
                     claimed[g] = True
     out["duplicates"] = float(dups)
     return out
+
+
+def _hits(iou: torch.Tensor, min_iou: float) -> torch.Tensor:
+    """For each column (a query) of iou [G, K]: the GT it overlaps most if that IoU >= min_iou, else -1."""
+    if iou.shape[0] == 0:
+        return torch.full((iou.shape[1],), -1, dtype=torch.long)
+    best, gt = iou.max(dim=0)
+    return torch.where(best >= min_iou, gt, torch.full_like(gt, -1))
+
+
+def candidate_hits(scores: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor, topk: int = 20,
+                   min_iou: float = 0.5) -> dict:
+    """Which object each candidate (a top-k query by score) lands on, for drawing duplicates.
+
+    scores [Q] (a query's score: its max sigmoid over classes), boxes [Q, 4], gt_boxes [G, 4],
+    boxes normalised cxcywh. A candidate hits the GT
+    it overlaps most when that IoU is at least `min_iou`. Returns {"queries": [k] query ids, best
+    score first, "scores": [k], "gt": [k] the GT each one hits (-1: none), "iou": [k] its IoU with
+    that GT (0 for none), "per_gt": [G] candidates per GT, "missed": GT ids no candidate hits,
+    "extra": candidates beyond the first on a GT (`dups_topk` of one image)}."""
+    scores = torch.as_tensor(scores).float()
+    top = scores.topk(min(topk, scores.shape[0])).indices
+    iou = box_iou(box_convert(gt_boxes.float(), "cxcywh", "xyxy"), box_convert(boxes.float()[top], "cxcywh", "xyxy"))
+    gt = _hits(iou, min_iou)
+    per_gt = torch.bincount(gt[gt >= 0], minlength=gt_boxes.shape[0])
+    return {"queries": top, "scores": scores[top], "gt": gt,
+            "iou": iou.max(dim=0).values.where(gt >= 0, torch.zeros(())) if iou.shape[0] else torch.zeros(len(top)),
+            "per_gt": per_gt, "missed": torch.nonzero(per_gt == 0).flatten().tolist(),
+            "extra": int((per_gt - 1).clamp(min=0).sum())}
 
 
 def candidate_quality(outputs: dict, targets: Sequence[dict], topk: int = 20, score_thresh: float = 0.3,
@@ -205,5 +244,5 @@ def load_json(path: Union[str, Path]) -> dict:
     return restore(data)
 
 
-__all__ = ["STAT_NAMES", "STAT_TITLES", "CandidateQualityAccumulator", "image_candidate_stats",
+__all__ = ["STAT_NAMES", "STAT_TITLES", "CandidateQualityAccumulator", "image_candidate_stats", "candidate_hits",
            "candidate_quality", "candidate_quality_over_loader", "save_json", "load_json"]

@@ -8,7 +8,7 @@ One implementation shared by ``bench/kernels.py`` (the benchmark tables) and the
   decoder's queries sample around random reference points, the encoder's (``n_queries=None``: every
   token is a query) around their own pixel.
 - :data:`SHAPES`: the benchmark shapes, the small CPU ones and the paper's 800 x 1333 ones.
-- :func:`time_ms`: median time of a call with ``torch.utils.benchmark`` (which synchronises CUDA).
+- :func:`time_ms`: median time of a call (``torch.utils.benchmark`` where CUDA runs: it synchronises).
 - :func:`compare_backends`: every backend on the same inputs, with timings and deviations.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch.utils import benchmark
 
 STRIDES = (8, 16, 32, 64)
 
@@ -103,10 +102,24 @@ def deform_inputs(n: int = 2, n_queries: Optional[int] = 100, image_hw: Sequence
 def time_ms(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, calls: int = 1) -> float:
     """Median milliseconds per call of ``fn()``: ``repeats`` samples of ``calls`` back-to-back calls
     each, after ``warmup`` untimed calls (numba compile, CUDA build, allocator warm-up happen there).
-    ``torch.utils.benchmark.Timer`` synchronises CUDA around every sample; use ``calls`` > 1 for
-    sub-millisecond GPU kernels so that the launch and sync overhead is spread out."""
+    Where CUDA runs, ``torch.utils.benchmark.Timer`` synchronises it around every sample; use
+    ``calls`` > 1 for sub-millisecond GPU kernels so that the launch and sync overhead is spread out.
+
+    Without CUDA the samples are plain ``time.perf_counter`` spans (what the Timer measures on a
+    CPU): importing ``torch.utils.benchmark`` imports ``torch.utils.cpp_extension``, whose CUDA probe
+    logs "No CUDA runtime is found" on every machine with an ``nvcc`` but no GPU, the pink block that
+    opened every rendered notebook."""
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():
+        def sample() -> float:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            return (time.perf_counter() - t0) / calls
+        return statistics.median(sample() * 1e3 for _ in range(max(1, repeats)))
+    from torch.utils import benchmark      # lazily: see above
+
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
     return statistics.median(timer.timeit(calls).mean * 1e3 for _ in range(max(1, repeats)))
 

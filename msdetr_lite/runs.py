@@ -6,6 +6,7 @@
     run.eval                                     # eval.json (None before training finished)
     run.loss("o2o", "giou", layer=-1)            # (steps, values) of one logged loss series
     run.epoch_evals()                            # [(epoch, evaluation of that epoch)]
+    run.convergence()                            # AP, AP with NMS, duplicates per decoder layer and epoch
 
 A run folder is what `engine.train` writes (docs/design.md):
 
@@ -36,9 +37,10 @@ EVAL_FILE = "eval.json"
 LOSS_TERMS = ("cls", "bbox", "giou")       # focal classification, box L1, GIoU
 BRANCHES = ("o2o", "o2m", "enc")           # one-to-one, one-to-many, two-stage encoder proposals
 TOTAL_KEY = "loss"                          # the summed, optimised loss
+CONVERGENCE_KEYS = ("AP", "AP_nms", "duplicates")   # Run.convergence: per decoder layer and epoch
 _KEY = re.compile(r"^loss_(cls|bbox|giou)_(o2o|o2m|enc)(?:_(\d+))?$")
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "EVAL_FILE", "LOSS_TERMS", "BRANCHES", "TOTAL_KEY", "LossKey",
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "EVAL_FILE", "LOSS_TERMS", "BRANCHES", "TOTAL_KEY", "CONVERGENCE_KEYS", "LossKey",
            "loss_key", "parse_loss_key", "loss_value", "read_metrics", "Run", "load_run", "as_run"]
 
 
@@ -175,6 +177,34 @@ class Run:
     def epoch_evals(self) -> list[tuple[int, dict]]:
         """[(epoch, the evaluation run after it)] for the epochs that were evaluated."""
         return [(r["epoch"], r["eval"]) for r in self.epochs if r.get("eval")]
+
+    def convergence(self) -> dict:
+        """Every decoder layer after every evaluated epoch, the grid behind "convergence per decoder
+        layer": {"epochs": [e], "nms_iou": the NMS IoU of the evaluations (None if none scored
+        NMS), and per measure a list over decoder layers of a list over `epochs`: "AP" (NMS-free,
+        as the detector runs), "AP_nms" (after class-wise NMS; None where an epoch was scored
+        without it), "duplicates" (confident queries per image on an object a higher-scored
+        query already claimed; None where not recorded)}. APs are fractions, as COCOeval gives them."""
+        evals = self.epoch_evals()
+        n_layers = max((len(ev.get("layers") or []) for _, ev in evals), default=0)
+        iou = next((ev["nms"]["iou"] for _, ev in evals if ev.get("nms")), None)
+
+        def at(ev: Mapping, key: str, layer: int) -> Optional[float]:
+            if key == "AP":
+                layers = ev.get("layers") or []
+            elif key == "AP_nms":
+                nms = ev.get("nms") or {}
+                layers = (nms.get("layers") or []) if nms and nms.get("iou") == iou else []
+            else:
+                layers = (ev.get("duplicates") or {}).get("per_image") or []
+            if layer >= len(layers):
+                return None
+            value = layers[layer] if key == "duplicates" else layers[layer].get("AP")
+            return None if value is None or value < 0 else float(value)
+
+        return {"epochs": [e for e, _ in evals], "nms_iou": iou,
+                **{key: [[at(ev, key, l) for _, ev in evals] for l in range(n_layers)]
+                   for key in CONVERGENCE_KEYS}}
 
     def final_eval(self) -> Optional[dict]:
         """eval.json, else the last epoch's evaluation, else None."""

@@ -72,12 +72,13 @@ display(Markdown(report.fast_notice(FAST) or "Full mode: the models below are th
 # %%
 import torchvision
 from msdetr_lite import ops
+from msdetr_lite.lab import relative          # paths as printed here: relative to the project root
 
 rows = [
     {"item": "python", "value": sys.version.split()[0]},
     {"item": "torch", "value": torch.__version__},
     {"item": "torchvision", "value": torchvision.__version__},
-    {"item": "msdetr_lite", "value": f"{msdetr_lite.__version__} ({Path(msdetr_lite.__file__).parent})"},
+    {"item": "msdetr_lite", "value": f"{msdetr_lite.__version__} ({relative(Path(msdetr_lite.__file__).parent)}/)"},
     {"item": "CUDA available", "value": torch.cuda.is_available()},
     {"item": "torch CPU threads", "value": torch.get_num_threads()},
     {"item": "deformable-attention backends (CPU)", "value": ", ".join(ops.available_backends("cpu"))},
@@ -188,7 +189,7 @@ display(Markdown(viz.markdown_table([{"term": k, "value": round(float(v.detach()
 # %%
 t0 = time.perf_counter()
 ckpt = zoo.get_checkpoint("ms", fast=FAST)
-print(f"checkpoint: {ckpt} ({time.perf_counter() - t0:.0f} s)")
+print(f"checkpoint: {relative(ckpt)} ({time.perf_counter() - t0:.0f} s)")
 viz.plot_total_loss(zoo.history("ms", fast=FAST), "ms")
 
 # %%
@@ -265,7 +266,7 @@ fig
 run = zoo.run_dir("ms", fast=FAST)
 rows = [{"file": p.name, "size (MB)": round(p.stat().st_size / 1e6, 2)} for p in sorted(run.iterdir())
         if p.is_file() and not p.name.startswith(".")]
-print(run)
+print(relative(run))
 display(Markdown(viz.markdown_table(rows)))
 
 # %% [markdown]

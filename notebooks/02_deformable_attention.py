@@ -15,6 +15,10 @@
 # %% [markdown]
 # # 02 · Multi-scale deformable attention
 #
+# **The question.** Where in the image does a decoder query look, at which scale, and what does
+# training change about it? The pictures come first (section 1: one query, then every query's
+# weight per feature level, at initialisation and trained); the formula is here for reference:
+#
 # Every decoder query attends to the image through **deformable cross-attention**
 # (Deformable DETR): instead of comparing itself with all H·W feature-map positions, each
 # query predicts, per head *m*, level *l* and point *p*, a small **offset** from its
@@ -100,12 +104,35 @@ viz.plot_attention_layers(image, per_layer, size=target["size"].tolist(),
                           title=f"query {q} through the decoder layers")
 
 # %% [markdown]
+# **Which feature levels does the model read?** The legend of the first figure gives the
+# weight per level of one query. Below, the same for every query of this image, layer by layer,
+# at initialisation and after training, and, for comparison, the encoder's self-attention from
+# the tokens of the finest level. The text under the figure reads its numbers.
+
+# %%
+import statistics
+
+from msdetr_lite.lab import readings, samples
+
+init_model, _ = zoo.load_model("ms", fast=FAST, epoch=0, quiet=True)
+levels = {"init (epoch 0)": samples.attention_levels(init_model, image), "trained": samples.attention_levels(model, image)}
+sides = [float((b[2] * t["size"][1] * b[3] * t["size"][0]).sqrt()) for t in (val_ds[i][1] for i in range(min(50, len(val_ds))))
+         for b in t["boxes"]]
+object_px = statistics.median(sides) if sides else None
+display(viz.plot_level_shares(levels))
+display(Markdown(("(Fast mode: a 2-step model has barely moved from its initialisation.) " if FAST else "")
+                 + (f"A typical object here is {object_px:.0f} px wide (median square root of the GT areas, "
+                    f"{len(sides)} objects). " if object_px else "")
+                 + readings.describe_levels(*levels.values(), object_px=object_px)))
+
+# %% [markdown]
 # ## 2. Explore
-# Pick a query by score rank (0 = the most confident), a decoder layer and a head (or all).
+# Pick a query by score rank (0 = the most confident), a decoder layer, a head (or all) and a
+# training checkpoint (`init` = the initialisation, as in 01 and 04).
 # Low-ranked queries usually sit on background or duplicate a better one.
 
 # %%
-panel = widgets.attention_panel(model, val_ds, indices=range(N_IMAGES))
+panel = widgets.attention_panel(dict(zoo.list_checkpoints("ms", fast=FAST)), val_ds, indices=range(N_IMAGES))
 panel
 
 # %% [markdown]

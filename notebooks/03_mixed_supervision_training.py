@@ -131,10 +131,30 @@ display(Markdown(("(Fast mode: 2-step models, these numbers mean nothing.) " if 
                  + "Final-epoch o2o losses of the last decoder layer, MS-DETR vs baseline: " + "; ".join(parts) + "."))
 
 # %% [markdown]
-# ## 3. AP per epoch and per decoder layer
-# Every decoder layer has its own o2o head, so every layer is a detector. The paper expects
-# mixed supervision to help the early layers most: their candidates are trained by K
-# positives per object instead of one.
+# ## 3. Convergence per decoder layer
+# Every decoder layer has its own o2o head, so every layer is a detector, and every run is
+# scored after every epoch. The paper expects mixed supervision to speed up convergence and to
+# help the early layers most: their candidates are trained by K positives per object instead
+# of one. The figure shows both axes at once, a decoder layer x epoch grid for the baseline and
+# for MS-DETR, with their difference on the right (green: MS-DETR better), three times:
+#
+# * **AP NMS-free**: the detector as it runs;
+# * **AP with NMS**: the same predictions after class-wise NMS (IoU 0.7), which removes the
+#   duplicates for free, so it scores the candidates (section 4 explains the pair);
+# * **duplicates per image**: confident queries (score > 0.3) on an object a higher-scored
+#   query already claimed, what NMS removes and the o2o branch must learn to suppress.
+#
+# The sentences under the figure are read off the same grids.
+
+# %%
+from msdetr_lite.lab import readings
+
+convergence = {s: histories[s].convergence() for s in ("o2o", "ms")}
+display(viz.plot_convergence(convergence))
+display(Markdown(readings.describe_convergence(convergence, fast=FAST)))
+
+# %% [markdown]
+# All four schemes: the final layer's AP after every epoch, and every layer's AP at the end.
 
 # %%
 viz.plot_ap_curves(histories)

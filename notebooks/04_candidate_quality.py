@@ -15,14 +15,22 @@
 # %% [markdown]
 # # 04 · Candidate quality: the paper's Fig. 1
 #
+# **The question.** Does mixed supervision give the decoder better candidates, boxes that sit
+# tighter on more of the objects, and what do its duplicates do to them?
+#
 # MS-DETR's explanation of *why* mixed supervision works: the one-to-many loss trains
 # several queries per object to be good, so the decoder's **candidates**, the boxes of its
 # top-scoring queries, gather tightly around the objects, layer after layer. The o2o
 # baseline keeps them scattered: only one query per object was ever told it was right.
 #
-# Fig. 1 of the paper draws the top-20 query boxes of both models. We do the same with the
-# runs trained in notebook 03 (or trained here on first use), then measure it over the
-# validation set with `msdetr_lite.analysis`.
+# **A candidate**, here and in every notebook of this suite, is one of a decoder layer's
+# **top 20 queries by score**: the boxes the paper's Fig. 1 draws. The same statistics over
+# *all* 100 queries, whatever their score, are a second view; where the two disagree, this
+# notebook says so and why.
+#
+# We draw the candidates of both models with the runs trained in notebook 03 (or trained here
+# on first use), each coloured by the object it hits so that duplicates can be counted, then
+# measure them over the validation set with `msdetr_lite.analysis`.
 
 # %%
 # %matplotlib inline
@@ -66,14 +74,20 @@ val_ds = build_dataset(run_cfg.data, "val")
 print(val_ds)
 
 # %% [markdown]
-# ## 1. Top-20 query boxes, o2o baseline vs MS-DETR (last decoder layer)
+# ## 1. The candidates, o2o baseline vs MS-DETR (last decoder layer)
+# Each ground-truth object is dashed in its own colour and labelled with how many candidates hit
+# it (IoU >= 0.5, more than with any other object); the candidates that hit it are drawn solid in
+# the same colour, the ones on no object thin grey. More than one candidate on an object is a
+# duplicate *among the candidates*: it takes a place in the top 20 that a candidate for another
+# object could have had. Objects no candidate hits say "missed", and each panel's title lists them.
 
 # %%
 samples = [val_ds[i] for i in FIG_IMAGES if i < len(val_ds)]
 predictions = {name: [widgets.topk_candidates(widgets.run_model(m, img, aux=False), layer=-1)
                       for img, _ in samples] for name, m in models.items()}
 fig = viz.plot_topk_comparison([img for img, _ in samples], [t["boxes"] for _, t in samples], predictions,
-                               k=TOP_K, sizes=[t["size"].tolist() for _, t in samples], models_as_rows=True)
+                               k=TOP_K, sizes=[t["size"].tolist() for _, t in samples], models_as_rows=True,
+                               by_gt=True)
 if SAVE_THUMBNAIL:
     viz.save_thumbnail(fig, THUMBNAILS / "04_candidate_quality.png")
 fig
@@ -89,23 +103,30 @@ per_layer = {}
 for name, m in models.items():
     o = widgets.run_model(m, img, aux=False)
     per_layer[name] = [widgets.topk_candidates(o, layer=l) for l in range(len(o["o2o"]))]
-viz.plot_topk_per_layer(img, t["boxes"], per_layer, k=TOP_K, size=t["size"].tolist())
+viz.plot_topk_per_layer(img, t["boxes"], per_layer, k=TOP_K, size=t["size"].tolist(), by_gt=True)
 
 # %% [markdown]
 # ## 3. Explore
-# Image, decoder layer, model (or both side by side) and how many top queries to draw.
+# Image, decoder layer, model (or both side by side), how many top queries to draw, and the
+# training checkpoint of both models (`init` = the initialisation, as in 01 and 02).
 
 # %%
-panel = widgets.candidates_panel(models, val_ds, indices=range(N_IMAGES), k=TOP_K)
+checkpoints = {s: dict(zoo.list_checkpoints(s, fast=FAST)) for s in models}
+panel = widgets.candidates_panel(checkpoints, val_ds, indices=range(N_IMAGES), k=TOP_K)
 panel
 
 # %% [markdown]
 # ## 4. Candidate quality per decoder layer, over the validation set
-# `analysis.candidate_quality_over_loader` measures, class-agnostically and per layer: the
-# best IoU any query reaches per GT, how many queries overlap each GT at IoU 0.5 / 0.7, the
-# recall of the top-20 queries, and the duplicates among confident queries (score > 0.3) on
-# an object a higher-scored query already claimed. The first measure the candidates, the
-# last the o2o head's de-duplication; the text under the table says what this run shows.
+# `analysis.candidate_quality_over_loader` measures, class-agnostically and per layer:
+#
+# * **the candidates** (top 20): the best IoU they reach per GT, the fraction of GTs they find at
+#   IoU 0.5 / 0.75, and how many of them land on an object another candidate already found;
+# * **all queries**: the best IoU any query reaches per GT, how many queries overlap each GT at
+#   IoU 0.5 / 0.7;
+# * **the detector's duplicates**: confident queries (score > 0.3) on an object a higher-scored
+#   query already claimed, what the o2o head must learn to suppress.
+#
+# The text under the table compares the two models in both views, from the table's last layer.
 
 # %%
 from torch.utils.data import DataLoader
@@ -126,21 +147,9 @@ print(f"{stats['ms']['num_images']} images, {stats['ms']['num_gt']} GT boxes")
 display(Markdown(viz.markdown_table(rows)))
 
 
-def candidates_text(stats, fast):
-    m, b = stats["ms"]["layers"][-1], stats["o2o"]["layers"][-1]
-    def cmp(key, fmt):
-        word = "more" if m[key] > b[key] else ("as many" if m[key] == b[key] else "fewer")
-        return word, format(m[key], fmt), format(b[key], fmt)
-    w_iou = "better" if m["best_iou"] > b["best_iou"] else "no better"
-    w50, m50, b50 = cmp("num_iou50", ".1f")
-    wd, md, bd = cmp("duplicates", ".1f")
-    return (("(Fast mode: 2-step models, these numbers mean nothing.) " if fast else "")
-            + f"At the last decoder layer MS-DETR's candidates are {w_iou} placed (best IoU per GT "
-            f"{m['best_iou']:.3f} vs {b['best_iou']:.3f}), with {w50} queries at IoU >= 0.5 per GT ({m50} vs {b50}), "
-            f"and it keeps {wd} duplicates per image ({md} vs {bd}).")
+from msdetr_lite.lab import readings
 
-
-display(Markdown(candidates_text(stats, FAST)))
+display(Markdown(readings.describe_candidates(stats, fast=FAST)))
 
 # %% [markdown]
 # ## 5. What the candidates are worth: AP without and with NMS

@@ -124,10 +124,12 @@ display(Markdown(viz.markdown_table([r for r in rows if r["tiny"] != "="] +
 import shlex
 import subprocess
 
+from msdetr_lite.lab import relative          # the command runs in the project root: its paths are relative to it
+
 if COCO_ROOT:
     data_args = [f"data.root={COCO_ROOT}", "data.train_split=train2017", "data.val_split=val2017"]
 else:
-    data_args = [f"data.root={zoo.ensure_data()}"]
+    data_args = [f"data.root={relative(zoo.ensure_data())}"]
 schedule = (["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=2", "data.max_images=4"] if FAST
             else ["train.epochs=2", "train.max_steps_per_epoch=20", "data.max_images=200"])
 if COCO_ROOT and not FAST:
@@ -136,7 +138,7 @@ device = [] if torch.cuda.is_available() else ["train.device=cpu", "data.num_wor
 # --overwrite: this cell retrains from scratch each time it runs (a folder that holds a run is
 # otherwise left alone; --resume would continue it instead)
 cmd = [sys.executable, "-m", "msdetr_lite", "train", "--preset", PRESET, "--no-progress", "--overwrite", *data_args,
-       *schedule, *device, f"train.output_dir={OUTPUT_DIR}"]
+       *schedule, *device, f"train.output_dir={relative(OUTPUT_DIR)}"]
 print("$ msdetr", shlex.join(cmd[3:]))
 t0 = time.perf_counter()
 env = dict(os.environ, OMP_NUM_THREADS=str(zoo.default_threads()))
@@ -180,7 +182,12 @@ display(Markdown("`evaluate(..., nms_iou=0.7)` also scores every layer after cla
                  "says how much AP its duplicates cost."))
 
 # %%
-fig = viz.plot_ap_per_layer({"this run": ev})
+from msdetr_lite.lab import readings
+from msdetr_lite.runs import load_run
+
+title, caption = readings.plumbing_caption(ev, load_run(OUTPUT_DIR))
+fig = viz.plot_ap_per_layer({"this run": ev}, ylim=(0, 100), title=title)
+display(Markdown(caption))
 if SAVE_THUMBNAIL:
     viz.save_thumbnail(fig, THUMBNAILS / "05_train_on_coco.png")
 fig

@@ -58,9 +58,27 @@ def test_known_statistics_per_layer():
     assert l0["recall50_topk"] == pytest.approx(0.5)
     assert l0["recall75_topk"] == pytest.approx(0.5)
     assert l0["duplicates"] == pytest.approx(0.5)            # 1 duplicate (q1) over 2 images
+    assert l0["dups_topk"] == pytest.approx(0.5)             # q1 in the top 3 finds A again: 1 over 2 images
     # layer 1: one query per GT, both in the top 3, no duplicates
     assert l1 == pytest.approx({"best_iou": 1.0, "best_iou_topk": 1.0, "num_iou50": 1.0, "num_iou70": 1.0,
-                                "recall50_topk": 1.0, "recall75_topk": 1.0, "duplicates": 0.0})
+                                "recall50_topk": 1.0, "recall75_topk": 1.0, "duplicates": 0.0, "dups_topk": 0.0})
+
+
+def test_candidate_hits_by_hand():
+    """Layer 0 of image 0: the top 3 are q0 (A, exact), q4 (FAR: hits nothing), q1 (A again), so A
+    has 2 candidates, B none (missed), one extra; the top 6 find B twice (q5 exact, q3 at IoU 0.6)."""
+    from msdetr_lite.analysis import candidate_hits
+    outputs, targets = batch()
+    logits, boxes = outputs["o2o"][0]["logits"][0], outputs["o2o"][0]["boxes"][0]
+    logits = logits.sigmoid().max(-1).values                     # a query's score
+    h = candidate_hits(logits, boxes, targets[0]["boxes"], topk=3)
+    assert h["queries"].tolist() == [0, 4, 1] and h["gt"].tolist() == [0, -1, 0]
+    assert h["per_gt"].tolist() == [2, 0] and h["missed"] == [1] and h["extra"] == 1
+    assert h["iou"].tolist() == pytest.approx([1.0, 0.0, 1.0])
+    all6 = candidate_hits(logits, boxes, targets[0]["boxes"], topk=6)
+    assert all6["per_gt"].tolist() == [3, 2] and all6["missed"] == [] and all6["extra"] == 3
+    none = candidate_hits(logits, boxes, torch.zeros(0, 4), topk=3)
+    assert none["gt"].tolist() == [-1, -1, -1] and none["missed"] == [] and none["extra"] == 0
 
 
 def test_thresholds_and_topk_change_answers():

@@ -120,3 +120,27 @@ def test_epoch_bench_times_one_epoch_per_scheme(tmp_path):
     assert set(rows) == {"o2o", "ms"} and rows["o2o"]["time_ratio"] == 1.0
     assert all(r["steps"] == 2 and r["epoch_s"] > 0 and r["step_ms"] > 0 for r in rows.values())
     assert "cores" in result["machine"] and "x o2o" in text
+
+
+def test_cpu_timing_does_not_probe_for_cuda():
+    """Where CUDA does not run, timing a backend (notebook 02, `widgets.compare_backends`) and
+    importing the lesson's modules never import torch.utils.cpp_extension, whose CUDA probe logs
+    "No CUDA runtime is found" on a machine with an nvcc but no GPU (the pink block that opened
+    every rendered notebook). Where CUDA runs, the probe is real and stays."""
+    code = ("import sys, torch\n"
+            "from msdetr_lite import report, viz, widgets, zoo, ops\n"
+            "widgets.compare_backends(['torch'], repeats=1, n_heads=2, head_dim=4, n_levels=2, n_points=2,"
+            " n_queries=4)\n"
+            "print(torch.cuda.is_available(), 'torch.utils.cpp_extension' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cuda, probed = res.stdout.split()[-2:]
+    if cuda == "False":
+        assert probed == "False" and "No CUDA runtime" not in res.stderr
+
+
+def test_lab_relative_paths():
+    from msdetr_lite.lab import PROJECT_ROOT, relative
+    assert relative(PROJECT_ROOT / "runs" / "notebooks" / "full" / "ms") == "runs/notebooks/full/ms"
+    assert relative("/elsewhere/x.pth") == "/elsewhere/x.pth"
+    assert relative("data/shapes") == "data/shapes"

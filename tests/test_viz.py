@@ -279,8 +279,8 @@ def test_scheme_of_names_and_runs():
 
 
 def test_candidate_quality_in_scheme_colours():
-    layers = [{n: 0.1 * (l + 1) for n in ("best_iou", "best_iou_topk", "num_iou50", "num_iou70", "recall50_topk",
-                                            "recall75_topk", "duplicates")} for l in range(3)]
+    from msdetr_lite.analysis import STAT_NAMES
+    layers = [{n: 0.1 * (l + 1) for n in STAT_NAMES} for l in range(3)]
     fig = viz.plot_candidate_quality({"o2o": layers, "MS-DETR (ms)": {"layers": layers}}, stats=["best_iou", "duplicates"])
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 2
@@ -385,8 +385,8 @@ def test_markdown_table_escapes_headers_and_renders():
 
 def test_every_label_at_least_9pt():
     """Tick labels, axis labels, legends, box captions and titles of the suite's figures: >= 9 pt."""
-    layers = [{n: 0.1 * (l + 1) for n in ("best_iou", "best_iou_topk", "num_iou50", "num_iou70", "recall50_topk",
-                                            "recall75_topk", "duplicates")} for l in range(3)]
+    from msdetr_lite.analysis import STAT_NAMES
+    layers = [{n: 0.1 * (l + 1) for n in STAT_NAMES} for l in range(3)]
     M, L, P = 2, 2, 2
     w = torch.rand(M, L, P)
     figs = {
@@ -399,6 +399,16 @@ def test_every_label_at_least_9pt():
         "candidates": viz.plot_candidate_quality({"o2o": layers, "ms": layers}),
         "taps": viz.plot_tap_placements("after_ca"),
         "nms": viz.plot_nms_ap_per_layer({"o2o": _eval([0.5, 0.6], [0.55, 0.65]), "ms": _eval([0.4, 0.3], [0.6, 0.7])}),
+        # issue 25's figures: convergence grid, candidates by object, levels, the toy's S written out
+        "convergence": viz.plot_convergence({n: {"epochs": [1, 2], "nms_iou": 0.7, "AP": [[0.1, 0.2]] * 2,
+                                                 "AP_nms": [[0.2, 0.3]] * 2, "duplicates": [[1.0, 0.5]] * 2}
+                                             for n in ("o2o", "ms")}),
+        "candidates_by_object": viz.plot_topk_comparison([_image()], [torch.tensor([[0.3, 0.3, 0.2, 0.2]])],
+                                                         {"ms": [(torch.rand(10, 4) * 0.5 + 0.2, torch.rand(10))]},
+                                                         k=5, by_gt=True),
+        "levels": viz.plot_level_shares({"init": {"decoder": [[0.25] * 4] * 2, "encoder": [[0.25] * 4],
+                                                  "spatial_shapes": [[16, 16], [8, 8], [4, 4], [2, 2]]}}),
+        "toy": viz.plot_assignment(_image(), _assignment(Q=6), class_names=["square", "cross"]),
     }
     small = {name: _small_texts(fig) for name, fig in figs.items()}
     assert not any(small.values()), {k: v for k, v in small.items() if v}

@@ -173,7 +173,7 @@ def test_assignment_panel_k_slider_redraws_with_fewer_o2m_boxes():
     panel = widgets.assignment_panel({"init": CrowdModel(with_o2m=False), "final": CrowdModel()}, ds)
     k = panel.controls["K"]
     assert k.description == "K" and k.value == MatcherConfig().k and not k.continuous_update
-    assert set(panel.controls) == {"image", "layer", "K", "tau", "alpha", "checkpoint"}
+    assert set(panel.controls) == {"image", "layer", "K", "tau", "alpha", "cap", "checkpoint"}
     assert panel.controls["checkpoint"].value == "final"
     before, png_before = viz.count_boxes(panel.figure, "o2m"), _png(panel)
     assert before == 6
@@ -421,3 +421,32 @@ def test_panel_shows_busy_line_only_for_slow_redraws(monkeypatch):
     monkeypatch.setattr(widgets.Panel, "BUSY_AFTER_S", 30.0)
     panel.controls["delay"].value = 0.0
     assert seen[-1] == "" and panel.busy_shown == 1
+
+
+def test_attention_and_candidates_panels_scrub_checkpoints(micro_ms, micro_o2o):
+    """02 and 04 get the checkpoint selector 01 has: {label: model} per model, one shared control."""
+    att = widgets.attention_panel({"init": micro_o2o, "epoch 1": micro_ms}, TinySet(), indices=[0])
+    assert att.controls["checkpoint"].options == ("init", "epoch 1") and att.controls["checkpoint"].value == "epoch 1"
+    assert "epoch 1" in att.figure._suptitle.get_text()
+    att.controls["checkpoint"].value = "init"
+    assert att.error is None and "init" in att.figure._suptitle.get_text() and att.draws == 2
+    assert "checkpoint" not in widgets.attention_panel(micro_ms, TinySet(), indices=[0]).controls
+    cand = widgets.candidates_panel({"o2o": {"init": micro_ms, "epoch 1": micro_o2o},
+                                     "ms": {"init": micro_o2o, "epoch 1": micro_ms}}, TinySet(), k=3)
+    assert cand.controls["checkpoint"].options == ("init", "epoch 1")
+    before = cand.png
+    cand.controls["checkpoint"].value = "init"
+    assert cand.error is None and "init" in cand.figure._suptitle.get_text() and cand.png != before
+    assert viz.count_boxes(cand.figure, "candidate") == 6
+    with pytest.raises(ValueError, match="share no checkpoint"):
+        widgets.candidates_panel({"o2o": {"a": micro_o2o}, "ms": {"b": micro_ms}}, TinySet())
+
+
+def test_assignment_panel_cap_on_the_toy():
+    """01's toy through the real panel: the cap control removes o2m pairs (25 % of 6 queries = 1 positive)."""
+    from msdetr_lite.lab import samples
+    panel = widgets.assignment_panel({"toy": samples.ToyModel()}, samples.ToyDataset(), max_queries=6, image=0)
+    assert panel.error is None and "o2m pairs per GT: [1, 0]" not in panel.figure._suptitle.get_text()
+    assert "o2m pairs per GT: [0, 1]" in panel.figure._suptitle.get_text()      # the default cap, 0.25
+    panel.controls["cap"].value = 1.0
+    assert "no cap: 5 o2m pairs" in panel.figure._suptitle.get_text() and "[3, 2]" in panel.figure._suptitle.get_text()

@@ -16,6 +16,18 @@ lists and renders (lab/__main__.py). The older names `msdetr_lite.zoo`, `.sample
 `.report` still work.
 """
 from pathlib import Path
+from typing import Union
 
 # the repository (runs/, docs/, bench/results/, notebooks/): where the lab reads and writes its files
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def relative(path: Union[str, Path]) -> str:
+    """`path` as the notebooks print it: relative to the project root when it lies inside it (a
+    rendered page must not carry the absolute path of the checkout it was rendered in), else as
+    given."""
+    p = Path(path).expanduser()
+    try:
+        return str(p.resolve().relative_to(PROJECT_ROOT)) if p.is_absolute() else str(p)
+    except ValueError:
+        return str(p)

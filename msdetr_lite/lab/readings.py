@@ -2,6 +2,8 @@
 `msdetr compare` print about models, never typed by hand.
 
     describe_nms_comparison({"ms": ev_ms, "o2o": ev_o2o})    # NMS-free vs with NMS, in words
+    describe_convergence({"ms": run.convergence(), ...})    # per decoder layer and epoch, in words
+    describe_candidates({"ms": stats_ms, "o2o": stats_o2o})  # the candidates (top-k) and all queries
     nms_rows(evals), candidate_table(stats), summary_table([summarize_run(run), ...])
     benchmark_costs()                                        # bench/overhead.py's JSON as table rows
     fast_notice(fast)                                        # the fast mode's on-screen warning
@@ -109,6 +111,243 @@ def describe_nms_comparison(evals: Mapping[str, Mapping], model: str = "ms", bas
     if dm is not None and db is not None:
         text.append(f"Duplicates (confident queries on an already-claimed object, final layer): {dm:.1f} per image "
                     f"for {name}, {db:.1f} for the baseline.")
+    return _fast_prefix(fast) + " ".join(text)
+
+
+def _signed(values: Sequence[Optional[float]]) -> str:
+    return ", ".join("-" if v is None else f"{round(v, 1) + 0.0:+.1f}" for v in values)   # + 0.0: no "-0.0"
+
+
+def describe_convergence(convergences: Mapping[str, Mapping], model: str = "ms", baseline: str = "o2o",
+                         fast: bool = False) -> str:
+    """The reading under `viz.plot_convergence`, from the same `Run.convergence()` grids: in how many
+    (decoder layer, epoch) cells the model is ahead of, level with (within TIE_AP) or behind the
+    baseline, NMS-free and with NMS; the last epoch layer by layer; whether the early or the late
+    half of the decoder gains more (mean over epochs); and where it has more duplicates."""
+    m, b = convergences[model], convergences[baseline]
+    name = SHORT_NAMES.get(model, model)
+    epochs = [e for e in m["epochs"] if e in b["epochs"]]
+    if not epochs or not m["AP"] or not b["AP"]:
+        return _fast_prefix(fast) + f"No epoch was evaluated in both {name}'s and the baseline's run."
+    cols = [(m["epochs"].index(e), b["epochs"].index(e)) for e in epochs]
+    n_layers = min(len(m["AP"]), len(b["AP"]))
+
+    def gaps(key: str, scale: float = 100.0) -> list[list[Optional[float]]]:
+        return [[None if m[key][l][i] is None or b[key][l][j] is None else scale * (m[key][l][i] - b[key][l][j])
+                 for i, j in cols] for l in range(n_layers)]
+
+    def count(grid) -> Optional[str]:
+        cells = [g for row in grid for g in row if g is not None]
+        if not cells:
+            return None
+        ahead = sum(g >= TIE_AP for g in cells)
+        behind = sum(g <= -TIE_AP for g in cells)
+        return f"ahead in {ahead}, level (within {TIE_AP:g} AP) in {len(cells) - ahead - behind}, behind in {behind}"
+
+    free, nms = gaps("AP"), gaps("AP_nms")
+    text = [f"Over {len(epochs)} epoch(s) x {n_layers} decoder layers ({len(epochs) * n_layers} cells), {name} is "
+            f"{count(free)} NMS-free" + (f"; with NMS {count(nms)}." if count(nms) else " (no NMS scores).")]
+    text.append(f"After epoch {epochs[-1]}, layer by layer, NMS-free: {_signed([row[-1] for row in free])}"
+                + (f"; with NMS: {_signed([row[-1] for row in nms])}." if count(nms) else "."))
+    means = [sum(g for g in row if g is not None) / max(1, sum(g is not None for g in row)) for row in free]
+    if n_layers >= 2:
+        half = n_layers // 2
+        early, late = sum(means[:half]) / half, sum(means[half:]) / (n_layers - half)
+        if abs(early - late) < TIE_AP:
+            which = f"the early and the late layers gain about the same (within {TIE_AP:g} AP)"
+        else:
+            which = f"{'the early' if early > late else 'the late'} layers gain more"
+
+        def span(a: int, z: int) -> str:
+            return f"layer {a}" if a == z else f"layers {a}-{z}"
+        text.append(f"Averaged over the epochs, the NMS-free gap is {_signed([early])} at {span(1, half)} and "
+                    f"{_signed([late])} at {span(half + 1, n_layers)}: {which} (the paper expects the early ones to "
+                    f"gain more).")
+    dups = gaps("duplicates", 1.0)
+    cells = [g for row in dups for g in row if g is not None]
+    if cells:
+        more = sum(g > 0 for g in cells)
+        last_m, last_b = m["duplicates"][n_layers - 1][cols[-1][0]], b["duplicates"][n_layers - 1][cols[-1][1]]
+        tail = (f" (last layer after epoch {epochs[-1]}: {last_m:.2f} vs {last_b:.2f})"
+                if last_m is not None and last_b is not None else "")
+        text.append(f"{name} has more duplicates per image than the baseline in {more} of {len(cells)} cells{tail}.")
+    return _fast_prefix(fast) + " ".join(text)
+
+
+def _pairs_per_gt(a: Mapping) -> list[int]:
+    import torch
+    return torch.bincount(torch.as_tensor(a["o2m"][1]).long(), minlength=len(a["gt_labels"])).tolist()
+
+
+def _gt_names(a: Mapping, names: Optional[Sequence[str]]) -> list[str]:
+    return list(names) if names else [f"GT {g}" for g in range(len(a["gt_labels"]))]
+
+
+def describe_assignment(a: Mapping, gt_names: Optional[Sequence[str]] = None) -> str:
+    """Both assignments of one `samples.compute_assignment` result in words: the Hungarian pair of
+    each GT, then per GT its positives c_g and the min(c_g, K) o2m queries it gets."""
+    import torch
+    names = _gt_names(a, gt_names)
+    q1, g1 = (torch.as_tensor(x).tolist() for x in a["o2o"])
+    q2, g2 = (torch.as_tensor(x).tolist() for x in a["o2m"])
+    best, pos = torch.as_tensor(a["best_gt"]), torch.as_tensor(a["positive"]).bool()
+    o2o = ", ".join(f"{names[g]} gets q{q}" for q, g in sorted(zip(q1, g1), key=lambda t: t[1]))
+    per = []
+    for g, name in enumerate(names):
+        c = int((best[pos] == g).sum())
+        mine = [f"q{q}" for q, gg in zip(q2, g2) if gg == g]
+        per.append(f"{name} has c = {c} and gets {len(mine)}" + (f" ({', '.join(mine)})" if mine else ""))
+    return (f"One-to-one (Hungarian): {o2o or 'no pair'}. One-to-many (K = {a['k']}, tau = {a['tau']:g}): "
+            f"{int(pos.sum())} positive queries; " + "; ".join(per) + ".")
+
+
+def describe_cap(capped: Mapping, uncapped: Mapping, gt_names: Optional[Sequence[str]] = None) -> str:
+    """What the positive cap (step 4) did, from two `compute_assignment` results of the same image
+    and layer, with the cap (`max_pos_fraction` < 1) and without (1.0): how many positives steps
+    2-3 made, how many the cap keeps, the o2m pairs per GT both ways, and which GTs lost all."""
+    names = _gt_names(capped, gt_names)
+    n_pos, keep = int(uncapped["positive"].sum()), capped["max_pos"]
+    with_cap, without = _pairs_per_gt(capped), _pairs_per_gt(uncapped)
+    share = f"{100 * capped['max_pos_fraction']:g} % of the {len(capped['positive'])} queries"
+    if n_pos <= keep:
+        return (f"Steps 2-3 make {n_pos} queries positive; the cap keeps up to {keep} ({share}), so it does not bind "
+                f"here: o2m pairs per GT {with_cap}.")
+    lost = [names[g] for g, (w, wo) in enumerate(zip(with_cap, without)) if w == 0 and wo > 0]
+    fewer = [names[g] for g, (w, wo) in enumerate(zip(with_cap, without)) if 0 < w < wo]
+    text = (f"Steps 2-3 make {n_pos} queries positive; the cap keeps {keep} of them ({share}, a random subset). "
+            f"o2m pairs per GT with the cap: {with_cap}; without it: {without}.")
+    if lost:
+        text += f" The cap removes every o2m target of {', '.join(lost)}" + (
+            f", and some of {', '.join(fewer)}." if fewer else ".")
+    elif fewer:
+        text += f" No GT loses all its o2m targets; {', '.join(fewer)} get fewer."
+    return text
+
+
+def branch_rows(stats: Mapping[float, Mapping[str, Mapping]]) -> list[dict]:
+    """01's table of the o2o and o2m heads of one model: {score threshold: {branch: one layer's
+    `candidate_quality` statistics}} -> rows (duplicates, candidates' recall, queries at IoU 0.5)."""
+    from ..analysis import STAT_TITLES
+
+    keys = ("duplicates", "recall50_topk", "num_iou50")
+    return [{"branch": branch, "score threshold": thresh, **{STAT_TITLES[k]: round(st[k], 3) for k in keys}}
+            for thresh, per in stats.items() for branch, st in per.items()]
+
+
+def describe_branches(stats: Mapping[float, Mapping[str, Mapping]], fast: bool = False) -> str:
+    """The o2m head against the o2o head of one model, per score threshold, from the numbers of
+    `branch_rows`: duplicates, and queries at IoU >= 0.5 per GT."""
+    parts = []
+    for thresh, per in stats.items():
+        o2o, o2m = per["o2o"], per["o2m"]
+        d_o2o, d_o2m = round(o2o["duplicates"], 3), round(o2m["duplicates"], 3)
+        if d_o2o == d_o2m == 0:
+            dup = "neither head has a duplicate (no object has two queries that confident)"
+        elif d_o2m > d_o2o:
+            dup = f"the o2m head has more duplicates ({d_o2m:g} vs {d_o2o:g} per image), as it is trained to"
+        else:
+            dup = f"the o2m head has no more duplicates than the o2o head ({d_o2m:g} vs {d_o2o:g} per image)"
+        n_m, n_o = round(o2m["num_iou50"], 3), round(o2o["num_iou50"], 3)
+        more = _compare(n_m, n_o, ("more", "as many", "fewer"))
+        parts.append(f"At score > {thresh:g}, {dup}; the o2m head has {more} well-placed queries per GT "
+                     f"{'as' if more == 'as many' else 'than'} the o2o head ({n_m:g} vs {n_o:g} with IoU >= 0.5).")
+    return (_fast_prefix(fast) if fast else "") + " ".join(parts)
+
+
+def describe_levels(init: Mapping, trained: Mapping, object_px: Optional[float] = None,
+                    strides: Sequence[int] = viz.LEVEL_STRIDES) -> str:
+    """02's reading of `viz.plot_level_shares`, from two `samples.attention_levels` results: the
+    decoder's share per level at initialisation and after training and, where the trained decoder
+    reads (almost) only one level, what the numbers say about why: whether the encoder's tokens of
+    that level still read the other levels, and how the levels' cells compare with the objects
+    (`object_px`: a typical object's side in pixels)."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f} %"
+
+    n_levels = len(trained["decoder"][0])
+    first = [round(s, 3) for s in init["decoder"][0]]
+    uniform = all(abs(s - 1 / n_levels) < 0.01 for layer in init["decoder"] for s in layer)
+    text = [("At initialisation every level gets " + pct(1 / n_levels) + " in every decoder layer (the weight layer "
+             "starts at zero, so the softmax over levels x points is uniform)." if uniform else
+             f"At initialisation the decoder's first layer reads {', '.join(pct(s) for s in first)} from levels "
+             f"0-{n_levels - 1}.")]
+    top = [max(range(n_levels), key=layer.__getitem__) for layer in trained["decoder"]]
+    lvl = top[-1]
+    shares = [layer[lvl] for layer in trained["decoder"]]
+    text.append(f"Trained, the decoder layers put {', '.join(pct(s) for s in shares)} of their weight on level {lvl} "
+                f"(stride {strides[lvl]}).")
+    if min(shares) >= 0.9 and all(t == lvl for t in top):
+        enc = [1.0 - layer[lvl] for layer in trained["encoder"]] if lvl == 0 and trained["encoder"] else []
+        reads_all = bool(enc) and min(enc) >= 0.1
+        if reads_all:
+            text.append(f"The other levels are not lost: the encoder's level-{lvl} tokens still read "
+                        f"{', '.join(pct(e) for e in enc)} of their weight from the coarser levels (encoder layers "
+                        f"1-{len(enc)}), so by the decoder the finest map already carries the coarse context.")
+        h, w = trained["spatial_shapes"][lvl]
+        cells = f"Level {lvl}'s {h} x {w} cells are {strides[lvl]} px wide"
+        if object_px is not None:
+            coarser = [s for s in strides[lvl + 1:n_levels] if s >= object_px]
+            cells += (f", below a typical object here ({object_px:.0f} px)" if strides[lvl] < object_px else "")
+            if coarser:
+                cells += f"; a cell of the coarsest level ({strides[n_levels - 1]} px) is larger than the object"
+        text.append(cells + ": on these small images the model learns to read the finest map only."
+                    + (" Learned, not a defect: the same sampling op reads every level in the encoder." if reads_all
+                       else ""))
+    return " ".join(text)
+
+
+def plumbing_caption(ev: Mapping, run: Run) -> tuple[str, str]:
+    """(figure title, caption) for a short run's AP per layer (notebook 05): how many steps on how
+    many images it trained, read from its run folder, and that its AP is a plumbing check of the
+    pipeline, not a result."""
+    steps = sum(int(r.get("steps") or 0) for r in run.epochs)
+    n_images = (run.config.get("data") or {}).get("max_images") or 0
+    images = f"{n_images} images" if n_images else "the whole train split"
+    ap = _ap(ev)
+    title = f"A plumbing check, not a result: {steps} training steps on {images}"
+    caption = (f"**A plumbing check, not a result.** This run trained {steps} steps ({len(run.epochs)} epoch(s)) on "
+               f"{images}; its AP ({'-' if ap is None else f'{ap:.1f}'} at the last decoder layer) only shows that "
+               "training, COCOeval and NMS run end to end. The axis is fixed at 0-100, so that a small number looks "
+               "small; the trained models of notebooks 00-04 (`make zoo`) show what the recipe reaches.")
+    return title, caption
+
+
+def _compare(a: float, b: float, words: tuple[str, str, str], digits: int = 3) -> str:
+    """words[0] if a > b, words[1] if equal at `digits` decimals, words[2] if a < b."""
+    a, b = round(a, digits), round(b, digits)
+    return words[0] if a > b else (words[1] if a == b else words[2])
+
+
+def describe_candidates(stats: Mapping[str, Mapping], model: str = "ms", baseline: str = "o2o", layer: int = -1,
+                        fast: bool = False) -> str:
+    """04's headline, from two `analysis.candidate_quality` results: the candidates (a layer's top-k
+    queries by score, the one definition) of the model against the baseline's, then the second view
+    over all queries; where the two views disagree, says so and names the mechanism when the numbers
+    show it (duplicates crowding the model's top-k), or says that they do not."""
+    m, b = stats[model]["layers"][layer], stats[baseline]["layers"][layer]
+    k = stats[model].get("topk", 20)
+    name = SHORT_NAMES.get(model, model)
+    where = "the last decoder layer" if layer == -1 else f"decoder layer {layer % len(stats[model]['layers']) + 1}"
+    top_word = _compare(m["best_iou_topk"], b["best_iou_topk"], ("better", "as well", "worse"))
+    all_word = _compare(m["best_iou"], b["best_iou"], ("better", "as well", "worse"))
+    text = [f"A candidate is one of a layer's top {k} queries by score (the boxes Fig. 1 draws). At {where}, "
+            f"{name}'s candidates find {_compare(m['recall50_topk'], b['recall50_topk'], ('more', 'as many', 'fewer'))} "
+            f"of the objects at IoU 0.5 than the baseline's ({m['recall50_topk']:.3f} vs {b['recall50_topk']:.3f} of "
+            f"the GTs) and are placed {top_word} (best IoU per GT {m['best_iou_topk']:.3f} vs {b['best_iou_topk']:.3f}).",
+            f"Over all queries, whatever their score, {name}'s boxes are placed {all_word} (best IoU per GT "
+            f"{m['best_iou']:.3f} vs {b['best_iou']:.3f}), with {m['num_iou50']:.1f} vs {b['num_iou50']:.1f} queries "
+            f"at IoU >= 0.5 per GT."]
+    if top_word != all_word:
+        crowd, crowd_b = m["dups_topk"], b["dups_topk"]
+        if round(crowd, 2) > round(crowd_b, 2):
+            text.append(f"The two views disagree because duplicates crowd {name}'s top {k}: {crowd:.1f} of them per "
+                        f"image land on an object another of its top {k} already found (the baseline's: "
+                        f"{crowd_b:.1f}), and take the places that candidates for other objects would have.")
+        else:
+            text.append(f"The two views disagree, and duplicates in the top {k} do not explain it here "
+                        f"({crowd:.1f} vs {crowd_b:.1f} per image on an already-found object).")
+    text.append(f"Confident duplicates (score > 0.3, what the detector outputs): {m['duplicates']:.1f} vs "
+                f"{b['duplicates']:.1f} per image.")
     return _fast_prefix(fast) + " ".join(text)
 
 

@@ -6,11 +6,17 @@
 
 `python -m msdetr_lite.lab render` is the command line. The models the notebooks load come from
 `msdetr_lite.lab.zoo` (`make zoo` trains them first, or the first notebook that needs one does).
+
+The pages read offline: the math of the markdown cells is written as MathML when the page is made
+(`math_to_mathml`, with latex2mathml; every current browser typesets MathML itself), and the page
+loads no MathJax from a CDN (`without_mathjax`). `stale_pages()` lists the pages whose cells no
+longer match their notebook's (rendered before a cell was added, removed or rebuilt).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -43,7 +49,6 @@ def render(fast: Optional[bool] = None, html_dir: Union[str, Path, None] = None,
     writes it as render.json next to the HTML."""
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
 
     fast = fast_mode(fast)
     default_root = zoo_root() / "fast" / "render" if fast else None
@@ -69,7 +74,7 @@ def render(fast: Optional[bool] = None, html_dir: Union[str, Path, None] = None,
             NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
             result["seconds"][path.stem] = round(time.perf_counter() - t0, 1)
-            body, _ = HTMLExporter().from_notebook_node(nb)
+            body = export_html(nb)
             out = html_dir / f"{path.stem}.html"
             out.write_text(body, encoding="utf-8")
             result["html"].append(str(out))
@@ -86,3 +91,81 @@ def render(fast: Optional[bool] = None, html_dir: Union[str, Path, None] = None,
     result["total_s"] = round(sum(result["seconds"].values()), 1)
     (html_dir / "render.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# ---------------------------------------------------------------- pages that read offline
+# $$...$$ (display) or $...$ (inline, not across a blank line, not "$ " at its start: a shell prompt),
+# outside code: fenced blocks and `code spans` are kept as they are
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
+_MATH = re.compile(r"\$\$(.+?)\$\$|\$(?!\s)((?:[^$\n]|\n(?!\s*\n))+?)(?<!\s)\$", re.S)
+
+
+def math_to_mathml(markdown: str) -> str:
+    """The markdown with its TeX math written as MathML (`latex2mathml`), which browsers typeset
+    without a script or a network: $$...$$ as a block, $...$ inline; code is left alone. A formula
+    latex2mathml cannot read stays as TeX (and so still shows, as text)."""
+    from latex2mathml.converter import convert
+
+    def one(m: re.Match) -> str:
+        tex, display = (m.group(1), "block") if m.group(1) is not None else (m.group(2), "inline")
+        try:
+            # without its xmlns: an HTML parser puts <math> in the MathML namespace by itself, and
+            # nbconvert's heading anchors (ElementTree) would otherwise write it as <ns0:math>
+            return convert(" ".join(tex.split()), display=display).replace(f' xmlns="{_MATHML_NS}"', "")
+        except Exception:                         # latex2mathml raises its own errors on TeX it lacks
+            return m.group(0)
+
+    parts = _CODE.split(markdown)
+    return "".join(part if i % 2 else _MATH.sub(one, part) for i, part in enumerate(parts))
+
+
+_MATHML_NS = "http://www.w3.org/1998/Math/MathML"
+_MATHJAX = re.compile(r"\s*<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+
+
+def without_mathjax(html: str) -> str:
+    """The page without nbconvert's MathJax loader (a script from a CDN and its configuration): the
+    math is MathML already (`math_to_mathml`), and a page must not wait on a network."""
+    return _MATHJAX.sub("", html)
+
+
+def export_html(nb) -> str:
+    """An executed notebook (nbformat node) as the HTML page `render` writes: math as MathML, no CDN
+    math script (the notebook itself is left as it is)."""
+    import copy
+
+    from nbconvert import HTMLExporter
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = math_to_mathml(cell.source)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    return without_mathjax(body)
+
+
+def page_cell_ids(html: str) -> list[str]:
+    """The ids of the notebook cells an HTML page shows, in order (nbconvert writes one
+    `id="cell-id=..."` per cell)."""
+    return re.findall(r'id="cell-id=([^"]+)"', html)
+
+
+def stale_pages(html_dir: Union[str, Path, None] = None, notebook_dir: Union[str, Path] = NOTEBOOK_DIR,
+                names: Sequence[str] = ()) -> list[dict]:
+    """The rendered pages that no longer show their notebook's cells: for each notebook (or
+    `names`) whose page differs, {"name", "notebook_cells", "page_cells" (None: no page), "ids_differ"}
+    (a page with as many cells as its notebook can still have other cells). [] when every page is
+    in sync. html_dir: docs/notebooks by default."""
+    html_dir = Path(html_dir) if html_dir else PROJECT_ROOT / "docs" / "notebooks"
+    stale = []
+    for path in sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb")):
+        if names and path.stem not in names:
+            continue
+        ids = [c.get("id") for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+        page = html_dir / f"{path.stem}.html"
+        shown = page_cell_ids(page.read_text(encoding="utf-8")) if page.is_file() else None
+        if shown != ids:
+            stale.append({"name": path.stem, "notebook_cells": len(ids),
+                          "page_cells": None if shown is None else len(shown),
+                          "ids_differ": shown is not None and len(shown) == len(ids)})
+    return stale

@@ -164,6 +164,13 @@ def _indices(dataset, indices: Optional[Sequence[int]], default: int = 16) -> li
     return indices
 
 
+def _checkpoint_control(labels: Sequence[str], value: Optional[str] = None) -> W.Dropdown:
+    """The training-checkpoint selector the panels share (01, 02, 04): "init", "epoch 1", ...
+    (`zoo.list_checkpoints`), opening on `value` or the last one (the trained model)."""
+    labels = list(labels)
+    return W.Dropdown(options=labels, value=value if value is not None else labels[-1], description="checkpoint")
+
+
 def _n_layers(cache: SampleCache, name: str, index: int) -> int:
     return len(cache.outputs(name, index)["o2o"])
 
@@ -236,7 +243,8 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
     """One-to-one vs one-to-many assignment on real model outputs.
 
     models: {checkpoint label: module or checkpoint path} (e.g. the epochs of one training run).
-    Controls: image, decoder layer, K, tau, alpha, training checkpoint. Shows the GT boxes, the
+    Controls: image, decoder layer, K, tau, alpha, the positive cap (`max_pos_fraction`: at most
+    this fraction of the queries stays positive), training checkpoint. Shows the GT boxes, the
     o2o match, the o2m matches coloured by score and S as a heatmap with the pairs marked.
     image: the position in `indices` shown first; None = the first image where one more K adds
     pairs (`k_sensitive_image`), so moving K visibly changes the assignment; the panel says so
@@ -259,12 +267,12 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
                 f"moving K changes only the hollow circles (the top-K candidates), not the pairs: "
                 f"lower tau to see K act.</i>")
 
-    def draw(image: int, layer: int, K: int, tau: float, alpha: float, checkpoint: str) -> Figure:
+    def draw(image: int, layer: int, K: int, tau: float, alpha: float, cap: float, checkpoint: str) -> Figure:
         idx = indices[image]
         img, target = cache.sample(idx)
         out = cache.outputs(checkpoint, idx)
-        a = compute_assignment(out, target, layer=layer - 1, k=K, tau=tau, alpha=alpha,
-                               max_pos_fraction=matcher.max_pos_fraction, matcher=matcher)
+        a = compute_assignment(out, target, layer=layer - 1, k=K, tau=tau, alpha=alpha, max_pos_fraction=cap,
+                               matcher=matcher)
         fig = viz.plot_assignment(img, a, class_names=class_names, size=target["size"].tolist(),
                                   max_queries=max_queries)
         fig.axes[0].set_title(f"image {idx}, {checkpoint}, decoder layer {layer}\no2o (Hungarian) vs o2m (top-K)",
@@ -279,16 +287,21 @@ def assignment_panel(models, dataset, indices: Optional[Sequence[int]] = None,
         "K": _slider("K", matcher.k, 1, 20),
         "tau": _fslider("tau", matcher.tau, 0.0, 1.0, 0.05),
         "alpha": _fslider("alpha", matcher.alpha, 0.0, 1.0, 0.05),
-        "checkpoint": W.Dropdown(options=names, value=start, description="checkpoint"),
+        "cap": _fslider("positive cap", matcher.max_pos_fraction, 0.05, 1.0, 0.05),
+        "checkpoint": _checkpoint_control(names, start),
     }
     return Panel(controls, draw, title="One-to-one vs one-to-many assignment", note=note)
 
 
 def attention_panel(model, dataset, indices: Optional[Sequence[int]] = None) -> Panel:
     """Pick a query (by score rank, 0 = the most confident) and see its reference box / point,
-    its sampling points per feature level and its attention weights over the image."""
+    its sampling points per feature level and its attention weights over the image.
+
+    model: a module, or {checkpoint label: module or checkpoint path} (e.g. `zoo.list_checkpoints`:
+    the epochs of one run), which adds the checkpoint selector 01 and 04 have too (it opens on the
+    last one)."""
     bank = ModelBank(model)
-    name = bank.names[0]
+    name = bank.names[-1]
     cache = SampleCache(dataset, bank)
     indices = _indices(dataset, indices)
     out0 = cache.outputs(name, indices[0], attention=True)
@@ -297,10 +310,10 @@ def attention_panel(model, dataset, indices: Optional[Sequence[int]] = None) -> 
     n_heads = out0["attention"][0]["attention_weights"].shape[2]
     class_names = getattr(dataset, "class_names", None)
 
-    def draw(image: int, layer: int, query: int, head) -> Figure:
+    def draw(image: int, layer: int, query: int, head, checkpoint: str = name) -> Figure:
         idx = indices[image]
         img, target = cache.sample(idx)
-        out = cache.outputs(name, idx, attention=True)
+        out = cache.outputs(checkpoint, idx, attention=True)
         q = int(query_order(out)[query])              # rank by the final layer's score
         qa = query_attention(out, q, layer - 1)
         h = None if head == "all" else int(head)
@@ -309,7 +322,8 @@ def attention_panel(model, dataset, indices: Optional[Sequence[int]] = None) -> 
             img, qa["sampling_locations"], qa["attention_weights"], ref_box=qa["reference"], pred_box=qa["box"],
             size=target["size"].tolist(), head=h,
             title=(f"image {idx}, query {q} (score rank {query}; {cls} {qa['score']:.2f} at this layer)\n"
-                   f"decoder layer {layer}, {'all heads' if h is None else f'head {h}'}"))
+                   f"decoder layer {layer}, {'all heads' if h is None else f'head {h}'}"
+                   + (f", {checkpoint}" if len(bank.names) > 1 else "")))
 
     controls = {
         "image": _image_control(indices),
@@ -317,6 +331,8 @@ def attention_panel(model, dataset, indices: Optional[Sequence[int]] = None) -> 
         "query": _slider("query (score rank)", 0, 0, n_queries - 1),
         "head": W.Dropdown(options=["all"] + list(range(n_heads)), value="all", description="head"),
     }
+    if len(bank.names) > 1:
+        controls["checkpoint"] = _checkpoint_control(bank.names)
     return Panel(controls, draw, title="Deformable cross-attention of one decoder query")
 
 
@@ -327,26 +343,32 @@ def candidates_panel(models, dataset, indices: Optional[Sequence[int]] = None, k
     """The paper's Fig. 1, live: the top-k query boxes per model and decoder layer.
 
     models: {name: module or checkpoint path}, e.g. {"o2o": baseline, "ms": msdetr}; names
-    that are supervision schemes get the suite's scheme colours. Controls: image, decoder
-    layer, model (one, or all side by side), k.
+    that are supervision schemes get the suite's scheme colours. A model may also be given as
+    {checkpoint label: module or path} (`zoo.list_checkpoints`, the same labels for every model):
+    then a checkpoint selector, shared by all models, scrubs through training as in 01 and 02.
+    Controls: image, decoder layer, model (one, or all side by side), k (and checkpoint).
     """
-    bank = ModelBank(models)
+    per_model = {name: (dict(m) if isinstance(m, Mapping) else {"final": m}) for name, m in models.items()}
+    names = list(per_model)
+    labels = [label for label in next(iter(per_model.values())) if all(label in c for c in per_model.values())]
+    if not labels:
+        raise ValueError("the models share no checkpoint label")
+    bank = ModelBank({f"{name} @ {label}": per_model[name][label] for name in names for label in labels})
     cache = SampleCache(dataset, bank)
     indices = _indices(dataset, indices)
-    names = bank.names
-    n_layers = _n_layers(cache, names[0], indices[0])
+    n_layers = _n_layers(cache, f"{names[0]} @ {labels[-1]}", indices[0])
 
-    def draw(image: int, layer: int, model: str, top_k: int) -> Figure:
+    def draw(image: int, layer: int, model: str, top_k: int, checkpoint: str = labels[-1]) -> Figure:
         idx = indices[image]
         img, target = cache.sample(idx)
         shown = names if model == SIDE_BY_SIDE else [model]
         fig, axes = viz.new_figure(1, len(shown), (4.2, 4.2), extra_height=0.3)
         for ax, name in zip(axes[0], shown):
-            boxes, scores = topk_candidates(cache.outputs(name, idx), layer - 1)
+            boxes, scores = topk_candidates(cache.outputs(f"{name} @ {checkpoint}", idx), layer - 1)
             viz.plot_candidates(ax, img, boxes, scores, target["boxes"], k=top_k, color=viz.scheme_color(name),
                                 size=target["size"].tolist(), title=viz.scheme_label(name), legend=True)
-        fig.suptitle(f"image {idx}: top-{top_k} query boxes at decoder layer {layer} "
-                     f"(ground truth dashed green)", fontsize=10)
+        fig.suptitle(f"image {idx}: top-{top_k} query boxes at decoder layer {layer}"
+                     + (f", {checkpoint}" if len(labels) > 1 else "") + " (ground truth dashed green)", fontsize=10)
         return fig
 
     controls = {
@@ -356,6 +378,8 @@ def candidates_panel(models, dataset, indices: Optional[Sequence[int]] = None, k
                             value=SIDE_BY_SIDE if len(names) > 1 else names[0], description="model"),
         "top_k": _slider("top-k", k, 1, 100),
     }
+    if len(labels) > 1:
+        controls["checkpoint"] = _checkpoint_control(labels)
     return Panel(controls, draw, title="Candidate boxes: o2o baseline vs MS-DETR")
 
 

@@ -45,7 +45,7 @@ from filelock import FileLock
 
 from ..config import SUPERVISIONS, Config, apply_overrides, preset
 from ..runs import Run, load_run
-from . import PROJECT_ROOT
+from . import PROJECT_ROOT, relative
 
 PACKAGE_ROOT = PROJECT_ROOT / "msdetr_lite"
 ZOO_ENV = "MSDETR_ZOO_DIR"
@@ -109,7 +109,7 @@ def ensure_data(root: Union[str, Path] = "data/shapes", quiet: bool = False) -> 
         if not Path(root).is_absolute():
             path = PROJECT_ROOT / root
         if not quiet:
-            print(f"generating the synthetic shapes dataset into {path} ...", flush=True)
+            print(f"generating the synthetic shapes dataset into {relative(path)} ...", flush=True)
         with _lock(path.parent / f".{path.name}.lock"):
             if not (path / "annotations" / "instances_val.json").is_file():
                 summary = generate(path)
@@ -201,7 +201,7 @@ def get_checkpoint(supervision: str = "ms", fast: Optional[bool] = None, epoch: 
             if not _is_current(out, cfg, check_code=False):
                 raise RuntimeError(f"training {supervision} finished but {out} holds no complete run")
         elif not quiet:
-            print(f"using the cached {supervision} run in {out}", flush=True)
+            print(f"using the cached {supervision} run in {relative(out)}", flush=True)
     if epoch is None:
         return out / "final.pth"
     info = json.loads((out / ZOO_FILE).read_text())
@@ -319,7 +319,8 @@ def _train_subprocess(supervision: str, mode: str, overrides: Sequence[str], qui
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
         if not quiet:
-            print("  " + line.rstrip(), flush=True)
+            # the run's paths as the notebooks print them: relative to the project root
+            print("  " + line.rstrip().replace(str(PROJECT_ROOT) + os.sep, ""), flush=True)
     if proc.wait() != 0:
         raise RuntimeError(f"training {supervision} failed (exit {proc.returncode}):\n{''.join(tail)}")
 
@@ -365,7 +366,7 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
         "version": ZOO_VERSION, "supervision": supervision, "mode": mode, "overrides": list(overrides),
         "request": request, "code": code, "snapshots": snapshots, "wall_time": wall,
         "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
-    print(f"zoo: {supervision} ({mode}) trained in {wall:.0f} s -> {out}", flush=True)
+    print(f"zoo: {supervision} ({mode}) trained in {wall:.0f} s -> {relative(out)}", flush=True)
     return out
 
 
@@ -381,7 +382,7 @@ def build(schemes: Sequence[str] = BUILD_SCHEMES, fast: Optional[bool] = None, n
         get_checkpoint(s, fast)
         nms_evaluation(s, fast, nms_iou)
         dirs.append(run_dir(s, fast))
-        print(f"zoo build: {s} ({mode_name(fast)}) ready in {time.perf_counter() - t0:.0f} s -> {dirs[-1]}", flush=True)
+        print(f"zoo build: {s} ({mode_name(fast)}) ready in {time.perf_counter() - t0:.0f} s -> {relative(dirs[-1])}", flush=True)
     return dirs
 
 

@@ -46,6 +46,10 @@ def plot_score_matrix(ax, scores, o2o=None, o2m=None, candidates=None, tau: Opti
     cols = sorted(cols, key=lambda q: (int(best.indices[q]), -float(best.values[q])))
     col_of = {q: i for i, q in enumerate(cols)}
     im = ax.imshow(S[:, cols].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    if len(cols) * G <= 48:                   # a small S (the toy of notebook 01): write every value
+        for (g, c), v in zip(((g, c) for g in range(G) for c in range(len(cols))), S[:, cols].flatten().tolist()):
+            ax.text(c, g + 0.32, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                    color="black" if v > 0.6 else "white", zorder=6)
     if tau is not None:
         gs, qs = torch.nonzero(S[:, cols] >= tau, as_tuple=True)
         for g, c in zip(gs.tolist(), qs.tolist()):
@@ -123,7 +127,8 @@ def plot_assignment(image, assignment: Mapping, class_names=None, size=None, max
     plot_score_matrix(ax_s, a["scores"], o2o=a["o2o"], o2m=a["o2m"], candidates=a.get("candidates"),
                       tau=a["tau"], gt_labels=a.get("gt_labels"), class_names=class_names, max_queries=max_queries)
     per_gt = torch.bincount(torch.as_tensor(g2m).long(), minlength=len(gt)).tolist() if len(gt) else []
-    fig.suptitle(f"K={a['k']}, tau={a['tau']:.2f}, alpha={a['alpha']:.2f}: {len(q2m)} o2m pairs, "
+    cap = f", cap {a['max_pos_fraction']:.2f}" if a.get("max_pos_fraction", 1.0) < 1.0 else ", no cap"
+    fig.suptitle(f"K={a['k']}, tau={a['tau']:.2f}, alpha={a['alpha']:.2f}{cap}: {len(q2m)} o2m pairs, "
                  f"{int(a['positive'].sum())} positive queries (S >= tau, or a GT's best)\n"
                  f"o2m pairs per GT: {per_gt}" + (f"   [{a['note']}]" if a.get("note") else ""), fontsize=10)
     return fig

@@ -139,3 +139,36 @@ def plot_backend_timings(rows: Sequence[Mapping], keys: Sequence[str] = ("forwar
     add_legend(ax, loc="upper left")
     ax.set_title("ms_deform_attn backends: time per call (lower is better)", fontsize=9)
     return fig
+
+
+def plot_level_shares(levels: Mapping[str, Mapping]) -> Figure:
+    """How much attention weight each feature level gets, one panel per model (e.g. "init",
+    "trained"): a stacked bar per encoder layer (the level-0 tokens' self-attention) and per
+    decoder layer (every query's cross-attention), coloured by level as the sampling points.
+
+    levels: {label: `samples.attention_levels(model, image)`}."""
+    fig, axes = new_figure(1, len(levels), (4.4, 3.0), extra_height=0.6)
+    for ax, (label, lv) in zip(axes[0], levels.items()):
+        rows = ([(f"encoder {i + 1}", s) for i, s in enumerate(lv["encoder"])]
+                + [(f"decoder {i + 1}", s) for i, s in enumerate(lv["decoder"])])
+        for y, (_, shares) in enumerate(rows):
+            left = 0.0
+            for lvl, share in enumerate(shares):
+                ax.barh(y, 100 * share, left=left, color=LEVEL_COLORS[lvl % len(LEVEL_COLORS)], edgecolor="white",
+                        linewidth=0.5)
+                if share >= 0.12:
+                    ax.text(left + 50 * share, y, f"{100 * share:.0f}%", ha="center", va="center", fontsize=9,
+                            color="white" if lvl >= 2 else "black")
+                left += 100 * share
+        ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=9)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("share of the attention weight (%)", fontsize=9)
+        ax.set_title(label, fontsize=9)
+    shapes = next(iter(levels.values()))["spatial_shapes"]
+    handles = [Line2D([], [], marker="s", linestyle="", color=LEVEL_COLORS[l % len(LEVEL_COLORS)],
+                      label=f"level {l} (stride {LEVEL_STRIDES[l] if l < len(LEVEL_STRIDES) else '?'}, "
+                            f"{h} x {w} cells)") for l, (h, w) in enumerate(shapes)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
+    fig.suptitle("Attention weight per feature level: encoder (level-0 tokens) and decoder (all queries)", fontsize=10)
+    return fig

@@ -60,6 +60,13 @@ def scheme_label(name: str) -> str:
     return SCHEME_LABELS.get(name, str(name))
 
 
+def object_color(index: int):
+    """Colour of ground-truth object `index` when each object gets its own (duplicates drawn by
+    the object they hit): tab10 without its blue, orange and green (o2o, o2m and GT here)."""
+    palette = colormaps["tab10"].colors
+    return palette[(3, 4, 5, 6, 8, 9, 7)[index % 7]]
+
+
 def layer_color(layer: int, n_layers: int):
     """Colour of decoder layer `layer` (0-based) of `n_layers`: viridis, dark (first layer) to light (last)."""
     return colormaps["viridis"](0.15 + 0.7 * layer / max(n_layers - 1, 1))

@@ -154,11 +154,13 @@ def plot_ap_curves(histories: Mapping[str, RunLike], metrics: Sequence[str] = ("
     return fig
 
 
-def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequence[str] = ("AP", "AP50")) -> Figure:
+def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequence[str] = ("AP", "AP50"),
+                      ylim: Optional[tuple[float, float]] = None, title: Optional[str] = None) -> Figure:
     """AP (x100) of every decoder layer's o2o predictions, one line per model.
 
     evals: {name: an `evaluation.evaluate` result / eval.json ("layers", "layer_ids"), or a
-    `runs.Run` (its final evaluation; runs without one are skipped)}."""
+    `runs.Run` (its final evaluation; runs without one are skipped)}. ylim: a fixed y axis (e.g.
+    (0, 100), so that a small AP looks small) instead of one fitted to the values."""
     fig, axes = new_figure(1, len(metrics), (4.2, 3.0), extra_height=0.3)
     for ax, metric in zip(axes[0], metrics):
         for name, ev in evals.items():
@@ -170,7 +172,9 @@ def plot_ap_per_layer(evals: Mapping[str, Union[Run, Mapping]], metrics: Sequenc
             ids = ev.get("layer_ids") or list(range(len(layers)))
             ax.plot([i + 1 for i in ids], [100 * m[metric] for m in layers], marker="o", label=name, **style)
         _ap_axes(ax, "decoder layer", metric, f"{metric} per decoder layer")
-    fig.suptitle("Every decoder layer is a detector: AP per layer", fontsize=10)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+    fig.suptitle(title or "Every decoder layer is a detector: AP per layer", fontsize=10)
     return fig
 
 
@@ -205,4 +209,70 @@ def plot_nms_ap_per_layer(evals: Mapping[str, Mapping], metric: str = "AP") -> F
                     linewidth=1.0, label=f"{name}, NMS at IoU {iou:g}", **style)
     _ap_axes(ax, "decoder layer", metric, f"{metric} per decoder layer, without and with NMS")
     ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return fig
+
+
+# the measures of `Run.convergence`, as drawn: row title, scale, format of a cell, whether higher is better
+CONVERGENCE_ROWS = {"AP": ("AP, NMS-free", 100.0, "{:.1f}", True),
+                    "AP_nms": ("AP with NMS", 100.0, "{:.1f}", True),
+                    "duplicates": ("duplicates / image", 1.0, "{:.2f}", False)}
+
+
+def plot_convergence(convergences: Mapping[str, Mapping], baseline: str = "o2o",
+                     keys: Sequence[str] = ("AP", "AP_nms", "duplicates")) -> Figure:
+    """Convergence per decoder layer: for each measure of `Run.convergence` (rows: AP NMS-free, AP
+    with NMS, duplicates per image) a decoder layer x epoch grid per model, each cell written out,
+    and, with a `baseline` among two models, a last column of the other model minus the baseline
+    (green where the other model is better: higher AP, fewer duplicates).
+
+    convergences: {model name: `Run.convergence()`}. Cells an evaluation did not score show "-"."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    names = list(convergences)
+    other = [n for n in names if n != baseline]
+    diff = len(names) == 2 and baseline in names
+    ncols = len(names) + int(diff)
+    fig, axes = new_figure(len(keys), ncols, (3.0, 2.0), extra_height=0.5)
+    iou = next((c.get("nms_iou") for c in convergences.values() if c.get("nms_iou")), None)
+
+    def grid(conv: Mapping, key: str, scale: float):
+        return np.array([[np.nan if v is None else scale * v for v in row] for row in conv[key]], dtype=float)
+
+    def draw(ax, values, epochs, fmt, cmap, vmin, vmax):
+        norm, cm = Normalize(vmin, vmax), colormaps[cmap]
+        ax.imshow(np.ma.masked_invalid(values), cmap=cm, norm=norm, aspect="auto", alpha=0.8)
+        for (l, j), v in np.ndenumerate(values):
+            r, g, b, _ = cm(norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5          # white text on dark cells
+            ax.text(j, l, "-" if np.isnan(v) else fmt.format(v), ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
+        ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
+        ax.set_yticks(range(values.shape[0]), [str(l + 1) for l in range(values.shape[0])])
+        ax.set_xlabel("epoch", fontsize=9)
+
+    for r, key in enumerate(keys):
+        title, scale, fmt, higher_better = CONVERGENCE_ROWS[key]
+        grids = {n: grid(convergences[n], key, scale) for n in names}
+        finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()] or [np.zeros(0)])
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        for c, name in enumerate(names):
+            draw(axes[r, c], grids[name], convergences[name]["epochs"], fmt, "Greens" if higher_better else "Reds",
+                 lo, hi + 1e-9)
+        if diff:
+            a, b = grids[other[0]], grids[baseline]
+            n = min(a.shape[1], b.shape[1])
+            d = a[:, :n] - b[:, :n]
+            span = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
+            draw(axes[r, -1], d, convergences[other[0]]["epochs"][:n], "{:+" + fmt[2:],
+                 "RdYlGn" if higher_better else "RdYlGn_r", -span - 1e-9, span + 1e-9)
+        axes[r, 0].set_ylabel(f"{title}\ndecoder layer", fontsize=9)
+    heads = [scheme_label(n) for n in names] + ([f"{other[0]} minus {baseline} (green: {other[0]} better)"]
+                                                if diff else [])
+    for ax, head in zip(axes[0], heads):
+        ax.set_title(head, fontsize=9)
+    nms = f", NMS at IoU {iou:g}" if iou else ""
+    fig.suptitle(f"Convergence per decoder layer{nms}: every layer is a detector, scored after every epoch",
+                 fontsize=10)
     return fig
