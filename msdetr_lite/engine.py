@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import resource
 import time
@@ -59,6 +58,7 @@ from msdetr_lite.checkpoint import (build_model_from_config, load_checkpoint, lo
 from msdetr_lite.config import Config, ConfigError
 from msdetr_lite.data.loaders import build_train_loader, build_val_loader
 from msdetr_lite.distributed import DistInfo, init_distributed, maybe_sync_batchnorm, mean_over_ranks, unwrap
+from msdetr_lite.nonfinite import NonFiniteLossError, _all_finite, _non_finite
 from msdetr_lite.optim import apply_schedule, build_optimizer, clip_gradients, current_lrs
 from msdetr_lite.rundir import (CHECKPOINT, EVAL, FINAL, METRICS, SNAPSHOT, RunDirError, append_jsonl, check_resumable,
                                 claim_run_dir, config_changes, keep_metrics_before, raise_together)
@@ -68,20 +68,6 @@ from msdetr_lite.rundir import (CHECKPOINT, EVAL, FINAL, METRICS, SNAPSHOT, RunD
 __all__ = ["train", "train_one_epoch", "setup", "NonFiniteLossError", "RunDirError", "build_optimizer",
            "apply_schedule", "resolve_device", "seed_everything", "build_model_from_config",
            "load_model_from_checkpoint", "build_val_loader"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training hit a NaN/inf loss (or gradient norm); the last good checkpoint is kept."""
-
-    def __init__(self, epoch: int, step: int, terms: dict, checkpoint: Optional[str] = None):
-        self.epoch, self.step, self.terms, self.checkpoint = epoch, step, dict(terms), checkpoint
-        names = ", ".join(f"{k}={v}" for k, v in self.terms.items())
-        # resume applies a changed train.lr from the next epoch on (see the module docstring)
-        where = (f"the last good checkpoint {checkpoint} is unchanged; lower train.lr (e.g. "
-                 f"train.lr=<half the current value>) or check the data, then continue with the same "
-                 f"command plus the new value and --resume" if checkpoint else
-                 "no checkpoint was written yet; lower train.lr or check the data and start again")
-        super().__init__(f"non-finite values at epoch {epoch}, step {step}: {names}; {where}")
 
 
 # ---------------------------------------------------------------- processes and seeds
@@ -126,14 +112,6 @@ def _loss_vector(loss_dict: dict) -> tuple[list[str], torch.Tensor]:
     """(sorted names, float32 [T] detached values) of the criterion's scalar terms."""
     names = sorted(k for k, v in loss_dict.items() if torch.is_tensor(v) and v.numel() == 1)
     return names, torch.stack([loss_dict[k].detach().float().reshape(()) for k in names])
-
-
-def _non_finite(named: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in named.items() if k.startswith("loss") and not math.isfinite(v)}
-
-
-def _all_finite(params) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 # ---------------------------------------------------------------- setup

@@ -25,20 +25,10 @@ PACKAGE = "msdetr_lite"
 MAX_LINES = 500
 
 # Modules allowed over MAX_LINES for now, each with the change that brings it under. Nothing else.
-OVER_LIMIT_FOR_NOW = {
-    # issue 23's change (the engineer splitting the training loop) brings engine.py under 500 lines;
-    # remove this entry with it (test_over_limit_list_is_current fails once it is under).
-    "msdetr_lite.engine": "issue 23",
-}
+OVER_LIMIT_FOR_NOW: dict[str, str] = {}
 
 # Import cycles left for now, each with the change that removes it. Nothing else.
-KNOWN_CYCLES = {
-    # data/__init__.py defines `collate` and re-exports data/loaders.py, which imports `collate` back
-    # from data/__init__ inside its functions. data/ is another engineer's (issue 23); moving
-    # `collate` into its own module (or into loaders.py) removes the cycle. Remove this entry then
-    # (test_known_cycles_are_current fails once it is gone).
-    frozenset({"msdetr_lite.data", "msdetr_lite.data.loaders"}): "issue 23 (data/)",
-}
+KNOWN_CYCLES: dict[frozenset, str] = {}
 
 # The floors, lowest first: a module may import modules of its own floor and of the floors below.
 # The first matching prefix decides; a module no prefix names (e.g. a new top-level module) is on

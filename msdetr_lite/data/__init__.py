@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .coco import PROJECT_ROOT, CocoDetection, coco_from_dict
+from .loaders import build_train_loader, build_val_loader, collate
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, make_transforms
 from .validation import DataError, ValidationReport, inspect_image, load_coco_json, to_rgb
 
@@ -68,30 +69,3 @@ def base_dataset(dataset: Dataset) -> Dataset:
         dataset = dataset.dataset
     return dataset
 
-
-def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
-    """Batch (image [3, H_i, W_i], target) pairs.
-
-    Returns images float [B, 3, H, W] (zero-padded at the bottom/right to the largest H and W;
-    zero is the mean colour after normalisation), masks bool [B, H, W] (True on padding) and the
-    list of targets unchanged (boxes stay relative to each image's unpadded size).
-    """
-    if len(batch) == 0:
-        raise ValueError("collate got an empty batch")
-    images = [item[0] for item in batch]
-    targets = [item[1] for item in batch]
-    if any(im.ndim != 3 or im.shape[0] != 3 for im in images):
-        raise ValueError(f"expected images [3, H, W], got {[tuple(im.shape) for im in images]}")
-    H = max(im.shape[1] for im in images)
-    W = max(im.shape[2] for im in images)
-    out = images[0].new_zeros((len(images), 3, H, W))
-    masks = torch.ones((len(images), H, W), dtype=torch.bool)
-    for i, im in enumerate(images):
-        h, w = im.shape[1:]
-        out[i, :, :h, :w] = im
-        masks[i, :h, :w] = False
-    return out, masks, targets
-
-
-# after `collate`: the loaders batch with it
-from .loaders import build_train_loader, build_val_loader  # noqa: E402

@@ -32,7 +32,6 @@ def build_train_loader(cfg, dataset: Dataset, batch_size: int, rank: int = 0, wo
     (seed train.seed + e, the same order split over the ranks) and seed `generator` (the
     workers' seeds derive from it) at every epoch start. num_workers: cfg.data.num_workers.
     """
-    from msdetr_lite.data import collate
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=False)
     batch_sampler = BatchSampler(sampler, batch_size, drop_last=True)
@@ -49,8 +48,31 @@ def build_train_loader(cfg, dataset: Dataset, batch_size: int, rank: int = 0, wo
 def build_val_loader(cfg, dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
                      pin_memory: bool = False) -> DataLoader:
     """In order; under torch.distributed each rank gets its share (evaluate() gathers them)."""
-    from msdetr_lite.data import collate
     sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
                if world_size > 1 else SequentialSampler(dataset))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                       num_workers=cfg.data.num_workers, drop_last=False, pin_memory=pin_memory)
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Batch (image [3, H_i, W_i], target) pairs.
+
+    Returns images float [B, 3, H, W] (zero-padded at the bottom/right to the largest H and W;
+    zero is the mean colour after normalisation), masks bool [B, H, W] (True on padding) and the
+    list of targets unchanged (boxes stay relative to each image's unpadded size).
+    """
+    if len(batch) == 0:
+        raise ValueError("collate got an empty batch")
+    images = [item[0] for item in batch]
+    targets = [item[1] for item in batch]
+    if any(im.ndim != 3 or im.shape[0] != 3 for im in images):
+        raise ValueError(f"expected images [3, H, W], got {[tuple(im.shape) for im in images]}")
+    H = max(im.shape[1] for im in images)
+    W = max(im.shape[2] for im in images)
+    out = images[0].new_zeros((len(images), 3, H, W))
+    masks = torch.ones((len(images), H, W), dtype=torch.bool)
+    for i, im in enumerate(images):
+        h, w = im.shape[1:]
+        out[i, :, :h, :w] = im
+        masks[i, :h, :w] = False
+    return out, masks, targets
