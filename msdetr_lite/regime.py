@@ -11,7 +11,7 @@ seed, says where each half holds.
     cells = CELLS                                  # name -> Cell(overrides, question, only)
     records = collect(root, cells, schemes, seeds) # from finished run folders
     summary = summarize(records)                   # per cell: mean / spread per scheme, deltas
-    plot_study(summary, "regime.png")              # viz.plot_regime, the figure the notebooks show
+    plot_study(summary, "regime.png")              # viz.plot_regime_map, the map the notebooks show
 
 bench/regime.py runs the grid (resumable: finished runs are kept) and writes JSON plus the plot.
 """

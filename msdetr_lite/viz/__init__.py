@@ -30,7 +30,7 @@ from .palette import (BAR_COLORS, BRANCH_COLORS, ENC_COLOR, GT_COLOR, LEVEL_COLO
                       object_color, scheme_color, scheme_label, scheme_of, scheme_style)
 from .method import TAPS, draw_tap, plot_tap_placements
 from .probe import plot_probe
-from .regime import plot_regime, plot_regime_epochs, plot_regime_map
+from .regime import plot_regime_epochs, plot_regime_map
 from .tables import escape_cell, markdown_table, table_renders
 from .training import (plot_ap_curves, plot_ap_per_layer, plot_convergence, plot_loss_curves, plot_nms_ap_per_layer,
                        plot_o2o_losses, plot_total_loss)
@@ -47,7 +47,7 @@ __all__ = [
     "plot_samples", "plot_dataset_rows", "plot_detections", "plot_detection_grid", "plot_score_matrix", "plot_assignment",
     "attention_heatmap", "plot_deformable_attention", "plot_attention_layers", "plot_backend_timings", "plot_level_shares",
     "plot_candidates", "plot_candidate_hits", "plot_topk_comparison", "plot_topk_per_layer", "plot_candidate_quality",
-    "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_probe", "plot_regime", "plot_regime_epochs", "plot_regime_map",
+    "plot_loss_curves", "plot_total_loss", "plot_ap_curves", "plot_ap_per_layer", "plot_probe", "plot_regime_epochs", "plot_regime_map",
     "plot_o2o_losses", "plot_nms_ap_per_layer", "plot_convergence", "TAPS", "draw_tap", "plot_tap_placements",
     "markdown_table", "escape_cell", "table_renders",
 ]
