@@ -15,6 +15,5 @@ from .lab.readings import (AP_KEYS, FAST_NOTICE, NMS_IOU, OVERHEAD_JSON, OVERHEA
                            SHORT_NAMES, TIE_AP, benchmark_costs, candidate_table, describe_nms_comparison,
                            fast_notice, nms_rows, summarize_run, summary_table)
 from .lab.regime_readings import (REGIME_JSON, REGIME_MEASURED_JSON, describe_epoch_gap,  # noqa: F401
-                                  describe_o2m_switched_off, describe_regime, describe_schedule, load_regime,
-                                  regime_epoch_duplicates, regime_epoch_gaps, regime_epochs_figure, regime_lr_drops,
-                                  regime_rows)
+                                  describe_o2m_switched_off, describe_schedule, load_regime,
+                                  regime_epoch_duplicates, regime_epoch_gaps, regime_epochs_figure, regime_lr_drops)

@@ -2,7 +2,7 @@
 computed by `msdetr_lite.regime`): where MS-DETR beats o2o, NMS-free and with NMS.
 
     study = load_regime()                     # your bench/results run, else the committed docs/results one
-    describe_regime(study), regime_rows(study), describe_epoch_gap(study, "demo"), describe_schedule(study)
+    describe_epoch_gap(study, "demo"), describe_schedule(study)
     describe_o2m_switched_off(study), regime_epochs_figure(study)
 """
 from __future__ import annotations
@@ -28,28 +28,6 @@ def load_regime(path: Union[str, Path, None] = None) -> Optional[dict]:
     own run (REGIME_JSON), else the committed measurement (REGIME_MEASURED_JSON); None if none."""
     found = measurement_path(path, REGIME_JSON, REGIME_MEASURED_JSON)
     return None if found is None else {**json.loads(found.read_text()), "path": str(found)}
-
-
-def describe_regime(study: Mapping, scheme: str = "ms", goal: float = 2.0) -> str:
-    """Sentences built from a regime study's summary: in which cells `scheme` is at least `goal`
-    AP above o2o (mean over seeds), NMS-free and with NMS, and in which it is below."""
-    summary = [e for e in study.get("summary", []) if scheme in e.get("delta", {})]
-    if not summary:
-        return f"The study has no finished cell with both {scheme} and o2o yet."
-
-    def cells(key, test):
-        return [e["cell"] for e in summary if test(100 * e["delta"][scheme][key]["mean"])]
-
-    def names(xs):
-        return ", ".join(f"`{x}`" for x in xs) if xs else "none"
-
-    n = len(summary)
-    seeds = sorted({e["delta"][scheme]["AP"]["n"] for e in summary})
-    return (f"{n} cell(s) finished ({'/'.join(map(str, seeds))} seed(s) each). {scheme} at least {goal:g} AP above o2o "
-            f"NMS-free: {names(cells('AP', lambda d: d >= goal))}; below o2o NMS-free: "
-            f"{names(cells('AP', lambda d: d < 0))}. With NMS at IoU {study.get('nms_iou', NMS_IOU):g}, at least "
-            f"{goal:g} above: {names(cells('AP_nms', lambda d: d >= goal))}; below: "
-            f"{names(cells('AP_nms', lambda d: d < 0))}.")
 
 
 def describe_o2m_switched_off(study: Mapping, cell: str = "o2m_off_last", base: str = "demo",
@@ -213,27 +191,3 @@ def _standing(scheme: str, d: Mapping, how: str, cell: str) -> str:
     else:
         return f"{scheme} is level with o2o {how} at the end of `{cell}` (the seeds disagree: {100 * d['mean']:+.1f})."
     return f"{scheme} {verb} {how} at the end of `{cell}` in every seed ({100 * d['mean']:+.1f})."
-
-
-def regime_rows(study: Mapping) -> list[dict]:
-    """One table row per (cell, scheme) of a regime study, AP x100: what the cell asks, seeds,
-    AP and AP with NMS (mean over seeds), duplicates per image, and the difference to o2o paired
-    by seed (mean +- half the spread over seeds; "-" for o2o itself). The question is given on
-    the cell's first row only."""
-    questions = {name: c.get("question", "") for name, c in study.get("cells", {}).items()}
-
-    def pm(d: Optional[Mapping]) -> str:
-        return "-" if not d else f"{100 * d['mean']:+.1f} +- {50 * d['spread']:.1f}"
-
-    rows = []
-    for e in study.get("summary", []):
-        for scheme, s in e["schemes"].items():
-            d = e.get("delta", {}).get(scheme, {})
-            first = not rows or rows[-1]["cell"] != e["cell"]           # the question once per cell
-            rows.append({"cell": e["cell"], "what it asks": questions.get(e["cell"], "") if first else "",
-                         "scheme": scheme,
-                         "seeds": s["AP"]["n"], "AP": f"{100 * s['AP']['mean']:.1f}",
-                         "AP, NMS": f"{100 * s['AP_nms']['mean']:.1f}",
-                         "duplicates / image": f"{s['duplicates']['mean']:.1f}",
-                         "AP - o2o": pm(d.get("AP")), "AP - o2o, NMS": pm(d.get("AP_nms"))})
-    return rows
