@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast test-gpu demo lab data notebooks zoo render bench regime clean-venv
+.PHONY: venv test test-fast test-gpu demo lab data notebooks zoo zoo-train ship render bench regime clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -39,9 +39,17 @@ notebooks: $(STAMP)
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/0*.py
 	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/0*.ipynb
 
-# the notebooks' four models at the demo's recipe, built once (25 min to an hour on 2 cores: docs/results.md, Notebooks)
+# the notebooks' four models at the demo's recipe: the shipped ones (weights/, seconds), else trained here
 zoo: $(STAMP)
 	$(PY) -m msdetr_lite.lab build
+
+# all four trained here with every epoch's snapshot (about 40 min on 2 cores, two at a time), then
+# `make ship` packs them into weights/ (fp16, verified: msdetr_lite/lab/shipped.py)
+zoo-train: $(STAMP)
+	$(PY) -m msdetr_lite.lab build --train --schemes ms o2o & $(PY) -m msdetr_lite.lab build --train --schemes hybrid group; wait
+
+ship: $(STAMP)
+	$(PY) -m msdetr_lite.lab ship
 
 # every notebook in full mode: HTML under docs/notebooks/, README thumbnails under docs/images/
 render: zoo

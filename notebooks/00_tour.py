@@ -181,10 +181,12 @@ display(Markdown(viz.markdown_table([{"term": k, "value": round(float(v.detach()
                                      if k.endswith(f"_{last}") or k.endswith("_enc") or k == "loss"])))
 
 # %% [markdown]
-# ## 4. A short training run
-# `zoo.get_checkpoint("ms")` trains MS-DETR with `msdetr_lite.engine.train` (in a subprocess,
-# one epoch at a time with a snapshot per epoch) and caches the run under
-# `runs/notebooks/{fast|full}/ms/`; later notebooks reuse it instead of training again.
+# ## 4. A trained model
+# `zoo.get_checkpoint("ms")` opens the MS-DETR model that ships with the repository (`weights/`,
+# trained at `make demo`'s recipe; its checksum, configuration and outputs are checked against
+# today's code first) and lays it out under `runs/notebooks/full/ms/`. Where nothing fitting ships
+# (fast mode, changed model code) it trains one with `msdetr_lite.engine.train` in a subprocess,
+# saying first what and for about how long; later notebooks reuse the run.
 
 # %%
 t0 = time.perf_counter()

@@ -81,14 +81,16 @@ OVERRIDES = {"ms": [] if O2M_TAP == "after_ca" else [f"model.o2m_tap={O2M_TAP}"]
 viz.plot_tap_placements(O2M_TAP)
 
 # %% [markdown]
-# ## 1. Train (or reuse) the four runs
-# Each run trains once (a subprocess per run, so its peak memory is its own) and is cached
-# under `runs/notebooks/`; rerunning the notebook only reads the results.
+# ## 1. The four runs
+# This notebook reads training records only (metrics per step and per epoch, evaluations), so it
+# opens on the records that ship for all four schemes (`weights/`). A scheme with extra overrides,
+# or fast mode, trains once (a subprocess per run, saying first what and for how long) and is
+# cached under `runs/notebooks/`; rerunning the notebook only reads the results.
 
 # %%
 for scheme in SCHEMES:
     t0 = time.perf_counter()
-    zoo.get_checkpoint(scheme, fast=FAST, overrides=OVERRIDES.get(scheme, ()))
+    zoo.ensure_run(scheme, fast=FAST, overrides=OVERRIDES.get(scheme, ()))
     print(f"{scheme}: ready ({time.perf_counter() - t0:.0f} s)")
 histories = {s: zoo.history(s, fast=FAST, overrides=OVERRIDES.get(s, ())) for s in SCHEMES}
 evals = {s: zoo.evaluation(s, fast=FAST, overrides=OVERRIDES.get(s, ())) for s in SCHEMES}

@@ -144,3 +144,28 @@ def test_lab_relative_paths():
     assert relative(PROJECT_ROOT / "runs" / "notebooks" / "full" / "ms") == "runs/notebooks/full/ms"
     assert relative("/elsewhere/x.pth") == "/elsewhere/x.pth"
     assert relative("data/shapes") == "data/shapes"
+
+
+def test_contention_bench_measures_every_configuration_quiet_and_busy(tmp_path):
+    out = tmp_path / "contention.json"
+    text = _run("contention.py", "--steps", "2", "--json", str(out))
+    result = json.loads(out.read_text())
+    rows = {r["configuration"]: r for r in result["rows"]}
+    assert len(rows) == 4 and "cores" in result["machine"]
+    for r in rows.values():
+        assert r["quiet s/step"] > 0 and r["busy s/step"] > 0
+        assert r["busy / quiet"] == round(r["busy s/step"] / r["quiet s/step"], 2)
+    library = rows["library (msdetr_lite.threads)"]
+    assert library["OMP_WAIT_POLICY"] == "PASSIVE"          # the library chose it, not this test's shell
+    assert rows["2 threads, OpenMP default wait"]["OMP_WAIT_POLICY"] == "(default)"
+    assert "busy / quiet" in text
+
+
+def test_throughput_bench_counts_flops(tmp_path):
+    out = tmp_path / "throughput.json"
+    _run("throughput.py", "--threads", "1", "--steps", "2", "--variants", "default", "channels_last",
+         "--json", str(out))
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["default"]["vs default"] == 1.0
+    # the same arithmetic in another memory layout: the FLOP count does not change
+    assert rows["channels_last"]["GFLOP/step"] == rows["default"]["GFLOP/step"] > 1

@@ -1,6 +1,8 @@
 """The lesson's floor: what only the notebooks, the demo and the studies use.
 
-    zoo        trained models at hand: the notebooks' four schemes trained once, cached, reloaded
+    zoo        trained models at hand: the notebooks' four schemes, shipped or trained once, cached, reloaded
+    shipped    the models that ship in weights/ (fp16, verified by checksum, config and an output fingerprint)
+    side_by_side   several `msdetr train` subprocesses at once, one thread each, a progress bar per run
     render     the notebooks executed into HTML and README thumbnails (`make render`)
     samples    plain functions of a model and one sample: outputs, assignments, attention, candidates
     widgets    the notebooks' interactive panels, built from `samples` and `msdetr_lite.viz`

@@ -1,6 +1,8 @@
 """`python -m msdetr_lite.lab train|build|render|list`: the notebooks' models and their rendering.
 
-    python -m msdetr_lite.lab build              # `make zoo`: the four models the notebooks load, once
+    python -m msdetr_lite.lab build              # `make zoo`: the four models the notebooks load (shipped, else trained)
+    python -m msdetr_lite.lab build --train      # `make zoo-train`: trained here, every epoch's snapshot
+    python -m msdetr_lite.lab ship               # pack the runs trained here into weights/ (lab/shipped.py)
     python -m msdetr_lite.lab render             # `make render`: every notebook -> docs/notebooks, docs/images
     python -m msdetr_lite.lab train ms --mode fast
     python -m msdetr_lite.lab list
@@ -14,7 +16,7 @@ from typing import Optional, Sequence
 
 from ..config import SUPERVISIONS
 from .render import render
-from .zoo import BUILD_SCHEMES, build, list_runs, train_run
+from .zoo import BUILD_SCHEMES, build, list_runs, ship, train_run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -28,6 +30,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     b = sub.add_parser("build", help="train every scheme the notebooks use, once (reuses current runs)")
     b.add_argument("--mode", choices=("fast", "full"), default="full")
     b.add_argument("--schemes", nargs="+", choices=SUPERVISIONS, default=list(BUILD_SCHEMES))
+    b.add_argument("--train", action="store_true", help="train here even where a shipped model fits")
+    sp = sub.add_parser("ship", help="pack the full-mode runs trained here into weights/ (fp16, verified)")
+    sp.add_argument("--schemes", nargs="+", choices=SUPERVISIONS, default=list(BUILD_SCHEMES))
     r = sub.add_parser("render", help="execute the notebooks, write HTML exports and README thumbnails")
     r.add_argument("--mode", choices=("fast", "full"), default="full")
     r.add_argument("--html-dir", default=None, help="default: docs/notebooks (full), runs/notebooks/fast/render (fast)")
@@ -38,7 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "train":
         train_run(args.supervision, args.mode, args.override)
     elif args.command == "build":
-        build(args.schemes, fast=args.mode == "fast")
+        build(args.schemes, fast=args.mode == "fast", train=args.train)
+    elif args.command == "ship":
+        ship(args.schemes)
     elif args.command == "render":
         res = render(fast=args.mode == "fast", html_dir=args.html_dir, image_dir=args.image_dir, names=args.notebooks)
         print(f"render: {len(res['html'])} notebooks in {res['total_s'] / 60:.1f} min ({res['mode']} mode): "

@@ -1,7 +1,7 @@
 """Trained checkpoints for the notebooks: train once, cache, reuse.
 
     from msdetr_lite.lab import zoo                 # or, as before, `from msdetr_lite import zoo`
-    path = zoo.get_checkpoint("ms")                 # trains on first use, then returns the cache
+    path = zoo.get_checkpoint("ms")                 # the shipped model (lab/shipped.py), else trains once
     model, cfg = zoo.load_model("ms")
     zoo.list_checkpoints("ms")                      # [("init", .../epoch_0.pth), ("epoch 1", ...), ...]
     zoo.history("ms"), zoo.evaluation("ms")         # the run (msdetr_lite.runs.Run), its eval.json
@@ -20,6 +20,12 @@ Two schedules of the `tiny` preset on the embedded shapes data (`SCHEDULES`):
           the Xeon: ms 41.0, o2o 51.4, hybrid 35.4, group 45.3). Build all four once with
           `python -m msdetr_lite.lab build` (`make zoo`; docs/results.md: about an hour on the Xeon, two at a time).
           On a GPU the engine's `train.device=auto` uses it.
+
+**Shipped first.** The repository ships the full schedule's o2o and ms weights (fp16) and all
+four schemes' training records (weights/, lab/shipped.py): with no current run cached, a
+full-mode call verifies the shipped one and lays it out here in seconds ("init" and the final
+weights; intermediate epochs need `make zoo-train`). Training happens only where nothing fitting
+ships (fast mode, overrides, changed model code), and says first what and for about how long.
 
 Training runs `msdetr_lite.engine.train` in a subprocess (`python -m msdetr_lite.lab train ...`):
 the notebook kernel stays small, and the peak memory the engine logs is that run's alone. One
@@ -45,7 +51,8 @@ from filelock import FileLock
 
 from ..config import SUPERVISIONS, Config, apply_overrides, preset
 from ..runs import Run, load_run
-from . import PROJECT_ROOT, relative
+from ..threads import choose, subprocess_env
+from . import PROJECT_ROOT, relative, shipped
 
 PACKAGE_ROOT = PROJECT_ROOT / "msdetr_lite"
 ZOO_ENV = "MSDETR_ZOO_DIR"
@@ -67,7 +74,7 @@ _CODE = ("config.py", "engine.py", "distributed.py", "optim.py", "rundir.py", "c
          "ops.py", "models", "data")
 
 __all__ = ["fast_mode", "default_threads", "mode_name", "build", "zoo_root", "ensure_data", "zoo_config", "run_dir",
-           "get_checkpoint", "list_checkpoints", "load_model", "history", "evaluation", "nms_evaluation", "run_info",
+           "get_checkpoint", "ensure_run", "ship", "list_checkpoints", "load_model", "history", "evaluation", "nms_evaluation", "run_info",
            "efficiency_rows", "train_run", "list_runs", "SCHEDULES"]
 
 
@@ -79,13 +86,10 @@ def fast_mode(fast: Optional[bool] = None) -> bool:
 
 
 def default_threads() -> int:
-    """CPU threads for torch in notebooks and zoo training: $MSDETR_THREADS, else half the cores
-    (at most 8). On a small shared machine one thread per process beats two that fight for the
-    same cores (OpenMP threads spin while they wait)."""
-    env = os.environ.get("MSDETR_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    """CPU threads for torch in notebooks and zoo training (msdetr_lite.threads.choose):
+    $MSDETR_THREADS, else half the cores (at most 8), so that a busy neighbour (the browser, a
+    notebook kernel) never shares a core with a training thread."""
+    return choose()
 
 
 def mode_name(fast: Optional[bool] = None) -> str:
@@ -170,44 +174,111 @@ def run_info(supervision: str, fast: Optional[bool] = None, overrides: Sequence[
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _is_current(out: Path, cfg: Config, check_code: bool = True) -> bool:
-    """Whether `out` holds a complete run of `cfg` (and, with check_code, of today's sources)."""
+def _is_current(out: Path, cfg: Config, check_code: bool = True, need_weights: bool = True,
+                allow_shipped: bool = True) -> bool:
+    """Whether `out` holds a complete run of `cfg` (and, with check_code, of today's sources):
+    with need_weights its final.pth and snapshots, else its records alone (a shipped scheme that
+    ships no weights); allow_shipped=False accepts only a run trained on this machine."""
     path = out / ZOO_FILE
     if not path.is_file():
         return False
     info = json.loads(path.read_text())
+    if info.get("shipped") and not allow_shipped:
+        return False
     return (info.get("version") == ZOO_VERSION and info.get("request") == _request(cfg)
             and (not check_code or info.get("code") == _code_hash())
             and all((out / f).is_file() for f in info.get("snapshots", {}).values())
-            and (out / "final.pth").is_file())
+            and (out / "metrics.jsonl").is_file()
+            and (not need_weights or (out / "final.pth").is_file()))
+
+
+def _install_shipped(supervision: str, cfg: Config, out: Path, need_weights: bool, quiet: bool) -> bool:
+    """Lay the shipped `supervision` out in `out` (lab/shipped.py verifies it first); False, with
+    the reason printed, when nothing fitting ships or a check fails."""
+    request = _request(cfg)
+    meta = shipped.info(supervision)
+    if meta is None or not shipped.available(supervision, request) or (need_weights and not meta.get("weights")):
+        return False
+    if out.exists():
+        shutil.rmtree(out)                    # the zoo's own cache folder: a stale run of this scheme
+    try:
+        zoo_info = shipped.install(supervision, request, out, _code_hash())
+    except shipped.ShippedError as e:
+        print(f"not using the shipped {supervision}: {e}", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+        return False
+    (out / ZOO_FILE).write_text(json.dumps(zoo_info, indent=2) + "\n")
+    if not quiet:
+        what = "model" if meta.get("weights") else "training record (no weights ship for it)"
+        checks = "sha256, configuration and output fingerprint checked; " if meta.get("weights") else ""
+        print(f"using the shipped {supervision} {what}: trained on {meta['trained']['machine']} "
+              f"({meta['trained']['finished'][:10]}, {meta['trained']['wall_time'] / 60:.0f} min); {checks}"
+              f"`make zoo-train` trains every epoch here instead", flush=True)
+    return True
+
+
+def _training_notice(supervision: str, cfg: Config) -> str:
+    """What is about to train and for about how long, from the shipped record of the same recipe."""
+    t = cfg.train
+    what = (f"training {supervision}: {t.epochs} epoch(s) of {t.max_steps_per_epoch or 'all'} step(s), batch "
+            f"{t.batch_size}, an evaluation per epoch")
+    meta = shipped.info(supervision)
+    if meta and meta.get("request") == shipped.portable_request(_request(cfg)):
+        return (f"{what}; the shipped run of this recipe took {meta['trained']['wall_time'] / 60:.0f} min on "
+                f"{meta['trained']['machine']} with {meta['trained']['torch_threads']} thread(s) "
+                f"(slower CPUs: up to 3x)")
+    return what + ("" if t.epochs * max(1, t.max_steps_per_epoch) < 100 else
+                   "; at the demo's recipe about 10-30 min per model on one core of a laptop-class CPU")
 
 
 def get_checkpoint(supervision: str = "ms", fast: Optional[bool] = None, epoch: Optional[int] = None,
-                   overrides: Sequence[str] = (), retrain: bool = False, quiet: bool = False) -> Path:
+                   overrides: Sequence[str] = (), retrain: bool = False, quiet: bool = False,
+                   use_shipped: bool = True) -> Path:
     """Path of a trained checkpoint of `supervision` ("o2o" | "ms" | "hybrid" | "group").
 
-    Trains it first (in a subprocess, progress printed) unless a current cached run exists.
+    In order: a current cached run; the shipped model of the same recipe (full mode, no
+    overrides; lab/shipped.py: verified, then laid out as a run with "init" and the final
+    weights); else trains it (in a subprocess, saying what and for about how long first).
     epoch: None = the final weights (`final.pth`), 0 = the initialisation, e = after epoch e.
     overrides: extra `section.field=value` config overrides (the run gets its own folder).
-    retrain: train again even if cached.
+    retrain: train again even if cached. use_shipped=False: only a run trained here will do.
     """
-    cfg = zoo_config(supervision, fast, overrides)
-    out = run_dir(supervision, fast, overrides)
-    with _lock(out.parent / f".{out.name}.lock"):
-        if retrain or not _is_current(out, cfg):
-            _train_subprocess(supervision, mode_name(fast), overrides, quiet)
-            # not the code hash: the run just trained with the sources it read when it started
-            # (recorded in zoo.json); sources edited meanwhile make it stale for the *next* call
-            if not _is_current(out, cfg, check_code=False):
-                raise RuntimeError(f"training {supervision} finished but {out} holds no complete run")
-        elif not quiet:
-            print(f"using the cached {supervision} run in {relative(out)}", flush=True)
+    out = ensure_run(supervision, fast, overrides, retrain=retrain, quiet=quiet, use_shipped=use_shipped,
+                     need_weights=True)
     if epoch is None:
         return out / "final.pth"
     info = json.loads((out / ZOO_FILE).read_text())
     if str(epoch) not in info["snapshots"]:
-        raise ValueError(f"no snapshot of epoch {epoch}; the run has {sorted(map(int, info['snapshots']))}")
+        hint = " (the shipped model has the initialisation and the final weights; `make zoo-train` trains every epoch)" \
+            if info.get("shipped") else ""
+        raise ValueError(f"no snapshot of epoch {epoch}; the run has {sorted(map(int, info['snapshots']))}{hint}")
     return out / info["snapshots"][str(epoch)]
+
+
+def ensure_run(supervision: str = "ms", fast: Optional[bool] = None, overrides: Sequence[str] = (),
+               retrain: bool = False, quiet: bool = False, use_shipped: bool = True,
+               need_weights: bool = False) -> Path:
+    """The folder of a complete run of `supervision` (see get_checkpoint for the order). Without
+    need_weights, the shipped training record of a scheme that ships no weights will do (notebook
+    03's curves and tables of hybrid and group)."""
+    cfg = zoo_config(supervision, fast, overrides)
+    out = run_dir(supervision, fast, overrides)
+    with _lock(out.parent / f".{out.name}.lock"):
+        if retrain or not _is_current(out, cfg, need_weights=need_weights, allow_shipped=use_shipped):
+            if (retrain or not use_shipped or mode_name(fast) != "full" or overrides
+                    or not _install_shipped(supervision, cfg, out, need_weights, quiet)):
+                if not quiet:
+                    print(_training_notice(supervision, cfg), flush=True)
+                _train_subprocess(supervision, mode_name(fast), overrides, quiet)
+                # not the code hash: the run just trained with the sources it read when it started
+                # (recorded in zoo.json); sources edited meanwhile make it stale for the *next* call
+                if not _is_current(out, cfg, check_code=False):
+                    raise RuntimeError(f"training {supervision} finished but {out} holds no complete run")
+        elif not quiet:
+            info = json.loads((out / ZOO_FILE).read_text())
+            print(f"using the {'shipped' if info.get('shipped') else 'cached'} {supervision} run in {relative(out)}",
+                  flush=True)
+    return out
 
 
 def list_checkpoints(supervision: str = "ms", fast: Optional[bool] = None, overrides: Sequence[str] = (),
@@ -257,15 +328,18 @@ def nms_evaluation(supervision: str = "ms", fast: Optional[bool] = None, nms_iou
     from ..data import build_dataset, build_val_loader
     from ..evaluation import evaluate
 
-    get_checkpoint(supervision, fast, overrides=overrides, quiet=True)
-    out = run_dir(supervision, fast, overrides)
+    out = ensure_run(supervision, fast, overrides, quiet=True)
     stamp = (out / ZOO_FILE).read_text()
     cache = out / NMS_EVAL_FILE
     batch = zoo_config(supervision, fast, overrides).train.batch_size
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("zoo") == stamp and cached.get("nms_iou") == nms_iou and cached.get("batch_size") == batch:
+        # a shipped run's evaluation was computed where it was trained, from the same weights
+        same_run = cached.get("zoo") == stamp or json.loads(stamp).get("shipped")
+        if same_run and cached.get("nms_iou") == nms_iou and cached.get("batch_size") == batch:
             return cached["eval"]
+    get_checkpoint(supervision, fast, overrides=overrides, quiet=True)
+    stamp = (out / ZOO_FILE).read_text()
     model, cfg = load_model(supervision, fast, overrides=overrides, quiet=True)
     loader = build_val_loader(cfg, build_dataset(cfg.data, "val"), batch)
     result = evaluate(model, loader, "cpu", progress=False, nms_iou=nms_iou)
@@ -309,8 +383,7 @@ def _train_subprocess(supervision: str, mode: str, overrides: Sequence[str], qui
     if not quiet:
         print(f"training {supervision} ({mode} schedule), once; later calls reuse it:\n  {' '.join(cmd[1:])}",
               flush=True)
-    threads = str(default_threads())
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MSDETR_THREADS=threads)
+    env = dict(subprocess_env(default_threads()), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=str(PROJECT_ROOT))
@@ -332,6 +405,7 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
     from ..checkpoint import save_checkpoint
     from ..data import build_dataset
     from ..engine import seed_everything, train
+    from ..kernel_bench import describe_machine
     from ..models import build_model
 
     torch.set_num_threads(default_threads())
@@ -365,7 +439,8 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
     (out / ZOO_FILE).write_text(json.dumps({
         "version": ZOO_VERSION, "supervision": supervision, "mode": mode, "overrides": list(overrides),
         "request": request, "code": code, "snapshots": snapshots, "wall_time": wall,
-        "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
+        "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": describe_machine()}, indent=2) + "\n")
     print(f"zoo: {supervision} ({mode}) trained in {wall:.0f} s -> {relative(out)}", flush=True)
     return out
 
@@ -373,17 +448,38 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
 BUILD_SCHEMES = ("ms", "o2o", "hybrid", "group")      # what notebooks 00-04 load
 
 
-def build(schemes: Sequence[str] = BUILD_SCHEMES, fast: Optional[bool] = None, nms_iou: float = 0.7) -> list[Path]:
-    """Train (or reuse) every scheme the notebooks load, then their NMS-aware evaluations, so
-    that running the notebooks only reads results. Returns the run folders."""
+def build(schemes: Sequence[str] = BUILD_SCHEMES, fast: Optional[bool] = None, nms_iou: float = 0.7,
+          train: bool = False) -> list[Path]:
+    """Make every scheme the notebooks load ready, then their NMS-aware evaluations, so that
+    running the notebooks only reads results: the shipped models where they fit (seconds), else
+    trained here; train=True (`make zoo-train`) trains every one here, with its per-epoch
+    snapshots (reusing runs already trained here). Returns the run folders."""
     dirs = []
     for s in schemes:
         t0 = time.perf_counter()
-        get_checkpoint(s, fast)
+        get_checkpoint(s, fast, use_shipped=not train) if train or s in shipped.WITH_WEIGHTS else \
+            ensure_run(s, fast)
         nms_evaluation(s, fast, nms_iou)
         dirs.append(run_dir(s, fast))
         print(f"zoo build: {s} ({mode_name(fast)}) ready in {time.perf_counter() - t0:.0f} s -> {relative(dirs[-1])}", flush=True)
     return dirs
+
+
+def ship(schemes: Sequence[str] = BUILD_SCHEMES, root: Optional[Path] = None) -> list[dict]:
+    """Pack the full-mode runs trained here (`make zoo-train`) into weights/ (lab/shipped.py)."""
+    root = shipped.WEIGHTS_DIR if root is None else Path(root)
+    metas = []
+    for s in schemes:
+        out = run_dir(s, fast=False)
+        if not _is_current(out, zoo_config(s, False), allow_shipped=False):
+            raise RuntimeError(f"{relative(out)} holds no current run of {s} trained here: `make zoo-train` first")
+        nms_evaluation(s, False)
+        metas.append(shipped.pack(s, out, json.loads((out / ZOO_FILE).read_text()), root))
+        w = metas[-1]["weights"]
+        print(f"ship: {s} -> {relative(root / s)}" + (f" ({w['bytes'] / 2**20:.1f} MiB fp16; AP fp32 "
+              f"{100 * metas[-1]['fp16_check']['AP_fp32']:.2f} vs fp16 {100 * metas[-1]['fp16_check']['AP_fp16']:.2f})"
+              if w else " (records only)"), flush=True)
+    return metas
 
 
 def list_runs() -> list[dict]:
