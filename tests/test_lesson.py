@@ -246,8 +246,9 @@ def test_export_reads_offline_and_stale_pages_are_found(tmp_path):
     for name, n in (("00_a", 2), ("01_b", 3)):
         nb = _synthetic_notebook(n)
         nbformat.write(nb, nb_dir / f"{name}.ipynb")
-        (html_dir / f"{name}.html").write_text(render.export_html(nb))
+        (html_dir / f"{name}.html").write_text(render.export_html(nb, digest=render.notebook_digest(nb_dir / f"{name}.ipynb")))
     page = (html_dir / "00_a.html").read_text()
+    assert render.page_digest(page) == render.notebook_digest(nb_dir / "00_a.ipynb")
     assert '<math display="inline">' in page and "ns0:" not in page
     assert "Load mathjax" not in page and "libs/mathjax" not in page.lower()          # no math script from a CDN
     assert render.page_cell_ids(page) == [c.id for c in nbformat.read(nb_dir / "00_a.ipynb", as_version=4).cells]
@@ -256,10 +257,16 @@ def test_export_reads_offline_and_stale_pages_are_found(tmp_path):
     nb.cells.insert(1, nbformat.v4.new_markdown_cell("new"))
     nbformat.write(nb, nb_dir / "01_b.ipynb")
     assert render.stale_pages(html_dir, nb_dir) == [{"name": "01_b", "notebook_cells": 5, "page_cells": 4,
-                                                     "ids_differ": False}]
+                                                     "ids_differ": False, "source_differs": True}]
     nb.cells[1].id = "renamed"                                          # same count, another cell
     nb.cells.pop(2)
     nbformat.write(nb, nb_dir / "01_b.ipynb")
     assert render.stale_pages(html_dir, nb_dir, names=["01_b"])[0]["ids_differ"] is True
+    nb = nbformat.read(nb_dir / "00_a.ipynb", as_version=4)             # same cells, a sentence edited
+    nb.cells[0].source += " (edited)"
+    nbformat.write(nb, nb_dir / "00_a.ipynb")
+    [edited] = render.stale_pages(html_dir, nb_dir, names=["00_a"])
+    assert edited["source_differs"] and not edited["ids_differ"] and edited["page_cells"] == edited["notebook_cells"]
     (html_dir / "00_a.html").unlink()
     assert render.stale_pages(html_dir, nb_dir, names=["00_a"])[0]["page_cells"] is None
+

@@ -74,7 +74,7 @@ def render(fast: Optional[bool] = None, html_dir: Union[str, Path, None] = None,
             NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
             result["seconds"][path.stem] = round(time.perf_counter() - t0, 1)
-            body = export_html(nb)
+            body = export_html(nb, digest=notebook_digest(path))
             out = html_dir / f"{path.stem}.html"
             out.write_text(body, encoding="utf-8")
             result["html"].append(str(out))
@@ -129,9 +129,10 @@ def without_mathjax(html: str) -> str:
     return _MATHJAX.sub("", html)
 
 
-def export_html(nb) -> str:
+def export_html(nb, digest: Optional[str] = None) -> str:
     """An executed notebook (nbformat node) as the HTML page `render` writes: math as MathML, no CDN
-    math script (the notebook itself is left as it is)."""
+    math script, and with `digest` (`notebook_digest` of its source) in a <meta> tag, so that
+    `stale_pages` can tell a page made from other cells (the notebook itself is left as it is)."""
     import copy
 
     from nbconvert import HTMLExporter
@@ -141,7 +142,28 @@ def export_html(nb) -> str:
         if cell.cell_type == "markdown":
             cell.source = math_to_mathml(cell.source)
     body, _ = HTMLExporter().from_notebook_node(nb)
-    return without_mathjax(body)
+    body = without_mathjax(body)
+    if digest:
+        body = body.replace("<head>", f'<head>\n<meta name="{_DIGEST_META}" content="{digest}">', 1)
+    return body
+
+
+_DIGEST_META = "msdetr-notebook-digest"
+
+
+def notebook_digest(path: Union[str, Path]) -> str:
+    """sha256 of a notebook's cells as written (type and source of each, in order; outputs aside)."""
+    import hashlib
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    text = json.dumps([(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+                       for c in cells])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def page_digest(html: str) -> Optional[str]:
+    """The notebook digest a rendered page carries (None: a page rendered before pages carried one)."""
+    m = re.search(rf'<meta name="{_DIGEST_META}" content="([0-9a-f]+)">', html)
+    return m.group(1) if m else None
 
 
 def page_cell_ids(html: str) -> list[str]:
@@ -153,9 +175,10 @@ def page_cell_ids(html: str) -> list[str]:
 def stale_pages(html_dir: Union[str, Path, None] = None, notebook_dir: Union[str, Path] = NOTEBOOK_DIR,
                 names: Sequence[str] = ()) -> list[dict]:
     """The rendered pages that no longer show their notebook's cells: for each notebook (or
-    `names`) whose page differs, {"name", "notebook_cells", "page_cells" (None: no page), "ids_differ"}
-    (a page with as many cells as its notebook can still have other cells). [] when every page is
-    in sync. html_dir: docs/notebooks by default."""
+    `names`) whose page differs, {"name", "notebook_cells", "page_cells" (None: no page), "ids_differ"
+    (same number of cells, other ids), "source_differs" (the cells' text changed since the page was
+    made, or the page carries no digest)}. [] when every page is in sync. html_dir: docs/notebooks
+    by default."""
     html_dir = Path(html_dir) if html_dir else PROJECT_ROOT / "docs" / "notebooks"
     stale = []
     for path in sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb")):
@@ -163,9 +186,12 @@ def stale_pages(html_dir: Union[str, Path, None] = None, notebook_dir: Union[str
             continue
         ids = [c.get("id") for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
         page = html_dir / f"{path.stem}.html"
-        shown = page_cell_ids(page.read_text(encoding="utf-8")) if page.is_file() else None
-        if shown != ids:
+        html = page.read_text(encoding="utf-8") if page.is_file() else None
+        shown = page_cell_ids(html) if html is not None else None
+        source_differs = html is not None and page_digest(html) != notebook_digest(path)
+        if shown != ids or source_differs:
             stale.append({"name": path.stem, "notebook_cells": len(ids),
                           "page_cells": None if shown is None else len(shown),
-                          "ids_differ": shown is not None and len(shown) == len(ids)})
+                          "ids_differ": shown is not None and len(shown) == len(ids) and shown != ids,
+                          "source_differs": source_differs})
     return stale
