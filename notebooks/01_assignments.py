@@ -163,6 +163,18 @@ panel = widgets.assignment_panel(dict(checkpoints), val_ds, indices=range(N_IMAG
 panel
 
 # %% [markdown]
+# The panel needs a running kernel; a reader of the rendered page sees it at four settings here
+# instead: K = 1 against the paper's K = 6 at the last decoder layer, and the first layer against
+# the last at K = 6 (the other controls as the panel opened).
+
+# %%
+last = panel.controls["layer"].max
+views = [{"K": 1, "layer": last}, {"K": 6, "layer": last}, {"K": 6, "layer": 1}]
+if len(checkpoints) > 1:
+    views.append({"K": 6, "layer": last, "checkpoint": checkpoints[0][0]})
+panel.small_multiples(views)
+
+# %% [markdown]
 # How many o2m pairs does K buy on this image, per decoder layer?
 
 # %%

@@ -136,6 +136,17 @@ panel = widgets.attention_panel(dict(zoo.list_checkpoints("ms", fast=FAST)), val
 panel
 
 # %% [markdown]
+# For a reader of the rendered page (the panel needs a running kernel): the most confident query
+# at the first and the last decoder layer, trained and at its initialisation.
+
+# %%
+last = panel.controls["layer"].max
+labels = list(panel.controls["checkpoint"].options) if "checkpoint" in panel.controls else []
+views = [{"layer": 1, "query": 0}, {"layer": last, "query": 0}]
+views += [{**v, "checkpoint": labels[0]} for v in views] if len(labels) > 1 else []
+panel.small_multiples(views)
+
+# %% [markdown]
 # ## 3. Three backends, one op
 # `msdetr_lite.ops.ms_deform_attn(..., backend=...)` has three implementations behind one
 # signature:

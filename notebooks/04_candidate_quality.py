@@ -116,6 +116,14 @@ panel = widgets.candidates_panel(checkpoints, val_ds, indices=range(N_IMAGES), k
 panel
 
 # %% [markdown]
+# For a reader of the rendered page (the panel needs a running kernel): both models' top
+# candidates at the first and the last decoder layer.
+
+# %%
+last = panel.controls["layer"].max
+panel.small_multiples([{"layer": 1}, {"layer": last}], columns=1)
+
+# %% [markdown]
 # ## 4. Candidate quality per decoder layer, over the validation set
 # `analysis.candidate_quality_over_loader` measures, class-agnostically and per layer:
 #

@@ -450,3 +450,24 @@ def test_assignment_panel_cap_on_the_toy():
     assert "o2m pairs per GT: [0, 1]" in panel.figure._suptitle.get_text()      # the default cap, 0.25
     panel.controls["cap"].value = 1.0
     assert "no cap: 5 o2m pairs" in panel.figure._suptitle.get_text() and "[3, 2]" in panel.figure._suptitle.get_text()
+
+
+def test_small_multiples_draw_each_setting_and_restore_the_panel():
+    """Panel.small_multiples: one static figure of the panel at several settings (what a rendered
+    page shows without a kernel); the panel keeps the values it had."""
+    calls = []
+
+    def draw(a: int, b: str):
+        calls.append((a, b))
+        fig, axes = viz.new_figure(1, 1, (2.0, 1.0))
+        axes[0, 0].set_title(f"{a} {b}")
+        return fig
+
+    import ipywidgets as W
+    panel = widgets.Panel({"a": W.IntSlider(value=1, min=0, max=5), "b": W.Dropdown(options=["x", "y"], value="x")},
+                          draw)
+    fig = panel.small_multiples([{"a": 3}, {"a": 4, "b": "y"}, {"b": "y"}], titles=["three", "four y", "one y"])
+    assert calls[1:4] == [(3, "x"), (4, "y"), (1, "y")]
+    assert panel.values() == {"a": 1, "b": "x"} and calls[-1] == (1, "x")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["three", "four y", "one y"] and len(fig.axes) == 4

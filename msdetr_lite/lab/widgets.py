@@ -22,6 +22,7 @@ cached per (model, image), so moving K / tau / alpha only re-runs the matcher.
 from __future__ import annotations
 
 import base64
+import io
 import threading
 import time
 import traceback
@@ -118,6 +119,35 @@ class Panel:
                      "text/plain": f"<Figure {int(w)}x{int(h)}, draw {self.draws}>"},
             "metadata": {"image/png": {"width": int(w), "height": int(h)}},
         },)
+        return fig
+
+    def small_multiples(self, settings: Sequence[Mapping], titles: Optional[Sequence[str]] = None,
+                        columns: int = 2, width: float = 12.0) -> Figure:
+        """The panel at a few settings side by side, as one static figure: what a reader of the
+        rendered page sees without a kernel (widgets need one; a page keeps their last state only).
+        settings: control values per view, e.g. [{"checkpoint": "init"}, {"checkpoint": "epoch 4"}]
+        (controls not named keep the values the panel had); titles: one line per view (default: the
+        values set). The panel returns to the values it had."""
+        from matplotlib import image as mpimg
+
+        before = self.values()
+        pngs = []
+        try:
+            for setting in settings:
+                self.set(**{**before, **setting})
+                pngs.append(self.png)
+        finally:
+            self.set(**before)
+        rows = -(-len(pngs) // columns)
+        images = [mpimg.imread(io.BytesIO(png), format="png") for png in pngs]
+        aspect = max(im.shape[0] / im.shape[1] for im in images)
+        fig, axes = viz.new_figure(rows, columns, (width / columns, width / columns * aspect + 0.4))
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < len(images):
+                ax.imshow(images[i])
+                label = titles[i] if titles else ", ".join(f"{k} = {v}" for k, v in settings[i].items())
+                ax.set_title(label, fontsize=10)
         return fig
 
     def _show_busy(self) -> None:
