@@ -21,6 +21,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from msdetr_lite.errors import UserError
+
 SUPERVISIONS = ("o2o", "ms", "hybrid", "group")
 O2M_TAPS = ("after_ca", "after_sa", "output")
 QUERY_POS = ("proposal", "reference")
@@ -29,12 +31,11 @@ BACKBONE_NORMS = ("frozen_bn", "bn")
 DEFORM_BACKENDS = ("auto", "torch", "numba", "cuda", "cuda_v2")   # ops.BACKENDS (tests check they agree)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration with problems; `problems` holds one line per problem (field and why)."""
 
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+        super().__init__(*problems)
 
 
 @dataclass
@@ -129,6 +130,10 @@ class DataConfig:
     random_crop: bool = True
     num_workers: int = 2
     max_images: int = 0                   # 0 = all; >0 truncates each split (quick runs)
+    # an image's file_name must lead to a file inside its split's image folder (no absolute path,
+    # no ".."), so that an annotation file cannot make the library read files elsewhere; True
+    # allows any path (an annotation file you trust that points elsewhere)
+    allow_outside_paths: bool = False
 
 
 @dataclass
