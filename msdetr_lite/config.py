@@ -286,7 +286,7 @@ _RULES: dict[str, dict[str, Rule]] = {
              "num_workers": _NON_NEGATIVE, "max_images": _NON_NEGATIVE},
     "train": {"lr": _positive, "lr_backbone": _NON_NEGATIVE, "lr_linear_proj_mult": _NON_NEGATIVE,
               "weight_decay": _NON_NEGATIVE, "clip_max_norm": _NON_NEGATIVE, "batch_size": _at_least(1),
-              "epochs": _NON_NEGATIVE, "lr_drop": _NON_NEGATIVE, "seed": _NON_NEGATIVE,
+              "epochs": _at_least(1), "lr_drop": _NON_NEGATIVE, "seed": _NON_NEGATIVE,
               "device": _device, "output_dir": _not_empty, "eval_every": _NON_NEGATIVE,
               "log_every": _at_least(1), "max_steps_per_epoch": _NON_NEGATIVE,
               "eval_nms_iou": _in_range(0, 1)},

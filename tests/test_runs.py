@@ -107,6 +107,6 @@ def test_load_run_folder(tmp_path):
 def test_load_run_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         load_run(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text('{"type": "step"}\nnot json\n')
+    (tmp_path / "metrics.jsonl").write_text('{"type": "resume"}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         load_run(tmp_path)
