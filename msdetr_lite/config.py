@@ -34,6 +34,8 @@ DEFORM_BACKENDS = ("auto", "torch", "numba", "cuda", "cuda_v2")   # ops.BACKENDS
 class ConfigError(UserError, ValueError):
     """A configuration with problems; `problems` holds one line per problem (field and why)."""
 
+    kind = "config error"
+
     def __init__(self, problems: list[str]):
         super().__init__(*problems)
 

@@ -29,8 +29,8 @@ from typing import Iterable, Optional, Sequence
 
 from msdetr_lite.errors import UserError, short_path
 
-__all__ = ["MANIFEST", "OutputError", "check_replace", "record", "owned", "owns_folder", "path_problem",
-           "files_under"]
+__all__ = ["MANIFEST", "OutputError", "check_replace", "check_folder", "record", "owned", "owns_folder",
+           "path_problem", "files_under"]
 
 MANIFEST = ".msdetr-outputs.json"
 _SHOWN = 5                                   # blocking files named in one message
@@ -114,15 +114,21 @@ def path_problem(path: Path, folder: bool = False) -> Optional[str]:
     return None
 
 
+def check_folder(folder: Path, error: type = OutputError) -> None:
+    """Raise `error` if `folder` cannot be (or be created as) a folder to write in."""
+    problem = path_problem(Path(folder), folder=True)
+    if problem:
+        raise error(problem)
+
+
 def check_replace(folder: Path, names: Sequence[str], owner: Optional[str], overwrite: bool, how: str,
                   error: type = OutputError) -> None:
     """Raise `error` (one line per problem) unless every `folder/name` can be written: it does not
     exist, `overwrite` is set, or it is owned by `owner` (None: owned files are not replaceable
     either). Paths that cannot hold a file are problems too. Writes nothing."""
     folder = Path(folder)
-    problems = [p for p in (path_problem(folder, folder=True),) if p]
-    if not problems:
-        problems = [p for p in (path_problem(folder / n) for n in names) if p][:_SHOWN]
+    check_folder(folder, error)
+    problems = [p for p in (path_problem(folder / n) for n in names) if p][:_SHOWN]
     entries = _entries(folder) if owner else {}
     blocking = [n for n in names if not problems and not overwrite and os.path.lexists(folder / n)
                 and not (owner and owned(folder, n, owner, entries))]

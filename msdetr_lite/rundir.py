@@ -26,8 +26,8 @@ from msdetr_lite.checkpoint import remove_orphan_tmp
 from msdetr_lite.config import Config
 from msdetr_lite.distributed import DistInfo, from_main
 from msdetr_lite.errors import UserError
-from msdetr_lite.outputs import OutputError, check_replace
-from msdetr_lite.runs import read_metrics
+from msdetr_lite.outputs import OutputError, check_folder, check_replace
+from msdetr_lite.runs import RunFileError, read_json_object, read_metrics
 
 __all__ = ["CHECKPOINT", "FINAL", "SNAPSHOT", "METRICS", "EVAL", "CONFIG", "LOCK", "RUN_FILES", "RunDirError",
            "run_files", "claim_run_dir", "raise_together", "check_resumable", "config_changes", "finished_eval",
@@ -58,7 +58,7 @@ def claim_run_dir(out: Path, resume: bool, overwrite: bool, names=RUN_FILES) -> 
     """Create `out`, take its lock and check that this run may write its files `names` there;
     returns the held lock (release it when the run ends). Removes orphaned checkpoint
     temporaries; with `overwrite`, the previous run's files."""
-    check_replace(out, [], None, True, "", error=RunDirError)       # a path that can be a folder
+    check_folder(out, error=RunDirError)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -163,12 +163,12 @@ def keep_metrics_before(path: Path, completed_epochs: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------- a finished run
-def _json_object(path: Path) -> Optional[dict]:
+def _json_or_none(path: Path) -> Optional[dict]:
+    """The JSON object in `path` (runs' reader), or None if it is missing or unreadable."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except (OSError, RunFileError):
         return None
-    return value if isinstance(value, dict) else None
 
 
 def finished_eval(out: Path, completed: int, epochs: int) -> Optional[dict]:
@@ -176,7 +176,7 @@ def finished_eval(out: Path, completed: int, epochs: int) -> Optional[dict]:
     them, final.pth and a readable eval.json are there); None if there is still work to do."""
     if completed < epochs or not (out / FINAL).is_file():
         return None
-    return _json_object(out / EVAL)
+    return _json_or_none(out / EVAL)
 
 
 def _as_json(cfg: Config) -> dict:
@@ -185,7 +185,7 @@ def _as_json(cfg: Config) -> dict:
 
 def same_config(run_dir: Path, cfg: Config) -> bool:
     """Whether run_dir/config.json holds `cfg` (fields missing from an older file take their defaults)."""
-    saved = _json_object(Path(run_dir) / CONFIG)
+    saved = _json_or_none(Path(run_dir) / CONFIG)
     if saved is None:
         return False
     try:
@@ -197,18 +197,15 @@ def same_config(run_dir: Path, cfg: Config) -> bool:
 def plan_run(run_dir: Path, cfg: Config, owner: str, overwrite: bool) -> tuple[str, list[str]]:
     """What a command that trains `cfg` into `run_dir` on the user's behalf (the demo) does there,
     decided before any training: ("reuse", []) a finished run of exactly `cfg`; ("resume", []) an
-    unfinished run of `cfg` (its checkpoint is continued); ("train", []) no file of a run there;
+    unfinished run of `cfg` (its checkpoint, if any, is continued); ("train", []) no file of a run there;
     ("replace", []) a run of another config that `owner` wrote and that is unchanged since
     (`outputs.record`), or `overwrite`; ("refuse", problems) anything else."""
     run_dir = Path(run_dir)
     names = run_files(cfg.train)
     if run_dir.is_dir() and not any((run_dir / n).exists() for n in names):
         return "train", []
-    if same_config(run_dir, cfg):
-        if (run_dir / EVAL).is_file() and (run_dir / FINAL).is_file():
-            return "reuse", []
-        if (run_dir / CHECKPOINT).is_file():
-            return "resume", []
+    if same_config(run_dir, cfg):                  # what this very command would write there
+        return ("reuse" if (run_dir / EVAL).is_file() and (run_dir / FINAL).is_file() else "resume"), []
     try:
         check_replace(run_dir, names, owner, overwrite,
                       how=f"it is not a run {owner} trained; pass --overwrite to replace it, or choose another --out")

@@ -50,7 +50,7 @@ _KEY = re.compile(r"^loss_(cls|bbox|giou)_(o2o|o2m|enc)(?:_(\d+))?$")
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "EVAL_FILE", "LOSS_TERMS", "BRANCHES", "TOTAL_KEY", "CONVERGENCE_KEYS", "LossKey",
            "loss_key", "parse_loss_key", "loss_value", "read_metrics", "Run", "load_run", "as_run", "RunFileError",
-           "TornRecordWarning"]
+           "TornRecordWarning", "read_json_object"]
 
 
 class RunFileError(UserError, ValueError):
@@ -204,8 +204,10 @@ def _config_problem(cfg: dict) -> Optional[str]:
     return None if all(isinstance(v, dict) for v in cfg.values()) else "every config section must be an object"
 
 
-def _json_object(path: Path, check=None) -> dict:
-    """A file holding one JSON object (config.json, eval.json); RunFileError naming it otherwise."""
+def read_json_object(path: Union[str, Path], check=None) -> dict:
+    """A file holding one JSON object (config.json, eval.json) whose `check(value)` (-> what is
+    wrong, or None) passes; RunFileError naming the file otherwise."""
+    path = Path(path)
     try:
         value = json.loads(_text(path))
     except json.JSONDecodeError as e:
@@ -319,8 +321,8 @@ def load_run(run_dir: Union[str, Path], name: Optional[str] = None) -> Run:
         raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}: not a training run folder")
     config, ev = run_dir / CONFIG_FILE, run_dir / EVAL_FILE
     return Run(name=name or run_dir.name, records=read_metrics(metrics),
-               config=_json_object(config, _config_problem) if config.is_file() else {},
-               eval=_json_object(ev, _eval_problem) if ev.is_file() else None, dir=run_dir)
+               config=read_json_object(config, _config_problem) if config.is_file() else {},
+               eval=read_json_object(ev, _eval_problem) if ev.is_file() else None, dir=run_dir)
 
 
 def as_run(run: Union[Run, str, Path, Sequence[Mapping]], name: str = "run") -> Run:
