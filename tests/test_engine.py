@@ -138,6 +138,40 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth"]
 
 
+def test_a_failed_checkpoint_write_says_why(tmp_path, monkeypatch):
+    """torch's writer hides errno ("unexpected pos ..."): the message says what the numbers show
+    (a file-size limit, a full disk), and the previous checkpoint stays as it was."""
+    import resource
+    import shutil as shutil_module
+    from types import SimpleNamespace
+    path = save_checkpoint(tmp_path / "checkpoint.pth", {"epoch": 1})
+    before = path.read_bytes()
+
+    def torn(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torn)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (10000, 10000))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pth: the file-size limit \(ulimit -f\) of 10000 bytes"):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY,) * 2)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: SimpleNamespace(total=100, used=100, free=0))
+    with pytest.raises(CheckpointError, match=r"the disk is full .*previous checkpoint.pth, if any, is unchanged"):
+        save_checkpoint(path, {"epoch": 2})
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["checkpoint.pth"]
+
+
+def test_non_finite_weights_are_refused_on_load(tmp_path, micro_cfg):
+    from msdetr_lite.models import build_model
+    model = build_model(micro_cfg())
+    state = model.state_dict()
+    next(v for v in state.values() if v.is_floating_point())[0] = float("inf")
+    save_checkpoint(tmp_path / "final.pth", {"model": state, "config": preset("tiny").to_dict()})
+    with pytest.raises(CheckpointError, match=r"final.pth holds non-finite weights \(NaN / inf in 1 tensor"):
+        load_model_from_checkpoint(tmp_path / "final.pth", device="cpu")
+
+
 # ---------------------------------------------------------------- training runs
 def _records(run_dir, kind=None):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
