@@ -217,7 +217,7 @@ def cmd_eval(args) -> int:
     from msdetr_lite.checkpoint import (build_model_from_config, config_from_checkpoint, load_checkpoint,
                                         load_weights, resolve_device)
     from msdetr_lite.data import build_dataset, build_val_loader
-    from msdetr_lite.data.validation import check_same_categories
+    from msdetr_lite.data.coco import check_same_categories
     from msdetr_lite.evaluation import evaluate, format_metrics
     from msdetr_lite.outputs import check_replace, record
 

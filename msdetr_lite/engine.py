@@ -166,7 +166,7 @@ def setup(cfg: Config, info: DistInfo, device: torch.device, resume: bool,
           find_unused_parameters: bool = False) -> Run:
     """Data, model, criterion, optimizer; with `resume`, the state of out/checkpoint.pth."""
     from msdetr_lite.data import build_dataset
-    from msdetr_lite.data.validation import check_same_categories
+    from msdetr_lite.data.coco import check_same_categories
     from msdetr_lite.losses import SetCriterion
 
     tc = cfg.train

@@ -18,7 +18,7 @@ What a resume finds, and what it does:
 from __future__ import annotations
 
 from msdetr_lite.checkpoint import load_checkpoint, load_weights, require_training
-from msdetr_lite.data.validation import check_same_categories
+from msdetr_lite.data.coco import check_same_categories
 from msdetr_lite.distributed import from_main
 from msdetr_lite.rundir import (CHECKPOINT, METRICS, append_jsonl, check_resumable, config_changes, finished_eval,
                                 keep_metrics_before)

@@ -616,7 +616,7 @@ def test_file_names_leading_outside_the_folder_are_refused(tmp_path, name):
 
 
 def test_categories_are_checked_train_against_val(tmp_path):
-    from msdetr_lite.data.validation import check_same_categories
+    from msdetr_lite.data.coco import check_same_categories
     cats = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
     check_same_categories(cats, "train.json", [dict(c) for c in cats], "val.json")
     for other in (cats + [{"id": 3, "name": "star"}], cats[:1], [cats[0], {"id": 2, "name": "box"}], cats[::-1]):

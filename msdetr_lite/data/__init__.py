@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .coco import PROJECT_ROOT, CocoDetection, coco_from_dict
+from .coco import PROJECT_ROOT, CocoDetection, check_same_categories, coco_from_dict
 from .loaders import build_train_loader, build_val_loader, collate
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, check_resizable, denormalize, make_transforms
 from .validation import DataError, ValidationReport, inspect_image, load_coco_json, to_rgb
@@ -22,7 +22,7 @@ __all__ = [
     "CocoDetection", "build_dataset", "collate", "resolve_root", "split_paths", "base_dataset",
     "make_transforms", "build_transforms", "denormalize", "load_coco_json", "coco_from_dict",
     "IMAGENET_MEAN", "IMAGENET_STD", "build_train_loader", "build_val_loader", "DataError", "ValidationReport",
-    "to_rgb", "inspect_image",
+    "to_rgb", "inspect_image", "check_same_categories",
 ]
 
 _GENERATE_HINT = ("generate the embedded dataset with `python -m msdetr_lite data shapes --out data/shapes` "

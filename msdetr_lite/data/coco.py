@@ -4,6 +4,7 @@
                        transforms=make_transforms("val", val_size=128))
     image, target = ds[0]     # image float [3, H, W]; target as in docs/design.md
     ds.report.summary()       # "val: dropped 3 boxes (2 zero-size, 1 NaN), clipped 5"
+    check_same_categories(train.categories, "train", ds.categories, "val")   # else DataError naming both
 
 Target of one image (docs/design.md, "Batch in"):
     labels    int64 [G]      contiguous 0..C-1 (category ids sorted ascending)
@@ -48,6 +49,24 @@ def coco_from_dict(data: dict) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _listed(cats: list[dict]) -> str:
+    shown = ", ".join(f"{c['id']} {c['name']}" for c in cats[:10])
+    return f"[{shown}{f', ... ({len(cats)} in all)' if len(cats) > 10 else ''}]"
+
+
+def check_same_categories(a: list[dict], a_name: str, b: list[dict], b_name: str) -> None:
+    """DataError unless the category lists `a` and `b` ([{"id", "name"}] in label order, e.g.
+    `dataset.categories`) are the same ids with the same names in the same order: labels are
+    matched by position, so any difference would score one class as another."""
+    pairs = [(c["id"], str(c["name"])) for c in a], [(c["id"], str(c["name"])) for c in b]
+    if pairs[0] == pairs[1]:
+        return
+    at = next((i for i, (x, y) in enumerate(zip(*pairs)) if x != y), min(map(len, pairs)))
+    raise DataError(f"the categories of {b_name} differ from those of {a_name} (labels are matched by "
+                     f"position: the same ids, names and order are needed; first difference at label {at}): "
+                     f"{a_name} lists {_listed(a)}, {b_name} lists {_listed(b)}")
 
 
 def _split_name(ann_file: Path) -> str:

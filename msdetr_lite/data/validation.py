@@ -53,7 +53,7 @@ from PIL import Image
 from msdetr_lite.errors import UserError
 
 __all__ = ["DataError", "load_coco_json", "ValidationReport", "clean_annotations", "ImageCheck", "to_rgb",
-           "inspect_image", "check_image_files", "check_same_categories", "image_path", "FULL_DECODE_PIXELS"]
+           "inspect_image", "check_image_files", "image_path", "FULL_DECODE_PIXELS"]
 
 _IMAGE_FIELDS = ("id", "file_name", "width", "height")
 _ANN_FIELDS = ("id", "image_id", "category_id", "bbox")
@@ -194,24 +194,6 @@ def load_coco_json(ann_file: str | Path) -> dict:
             w, h = (math.nan if v is None else float(v) for v in ann["bbox"][2:])
             ann["area"] = w * h if w > 0 and h > 0 and math.isfinite(w * h) else 0.0    # NaN > 0 is False
     return data
-
-
-def _listed(cats: list[dict]) -> str:
-    shown = ", ".join(f"{c['id']} {c['name']}" for c in cats[:10])
-    return f"[{shown}{f', ... ({len(cats)} in all)' if len(cats) > 10 else ''}]"
-
-
-def check_same_categories(a: list[dict], a_name: str, b: list[dict], b_name: str) -> None:
-    """DataError unless the category lists `a` and `b` ([{"id", "name"}] in label order, e.g.
-    `dataset.categories`) are the same ids with the same names in the same order: labels are
-    matched by position, so any difference would score one class as another."""
-    pairs = [(c["id"], str(c["name"])) for c in a], [(c["id"], str(c["name"])) for c in b]
-    if pairs[0] == pairs[1]:
-        return
-    at = next((i for i, (x, y) in enumerate(zip(*pairs)) if x != y), min(map(len, pairs)))
-    raise DataError(f"the categories of {b_name} differ from those of {a_name} (labels are matched by "
-                     f"position: the same ids, names and order are needed; first difference at label {at}): "
-                     f"{a_name} lists {_listed(a)}, {b_name} lists {_listed(b)}")
 
 
 # --- the boxes ------------------------------------------------------------------------------------
