@@ -16,6 +16,7 @@ line, left by a kill or a full disk, is skipped and reported).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -158,7 +159,9 @@ def keep_metrics_before(path: Path, completed_epochs: int) -> list[dict]:
     if not path.exists():
         return []
     kept = [r for r in read_metrics(path) if r.get("epoch", 0) <= completed_epochs]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")     # a kill mid-write keeps the old file
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
     return kept
 
 
