@@ -293,7 +293,8 @@ COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "compare": c
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    return guarded(f"msdetr {args.command}", lambda: COMMANDS[args.command](args), debug=args.debug)
+    prog = " ".join(["msdetr", args.command] + ([args.dataset] if args.command == "data" else []))
+    return guarded(prog, lambda: COMMANDS[args.command](args), debug=args.debug)
 
 
 if __name__ == "__main__":

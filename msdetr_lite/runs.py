@@ -176,19 +176,20 @@ def _record_problem(r) -> Optional[str]:
 
 
 def read_metrics(path: Union[str, Path]) -> list[dict]:
-    """The records of a metrics.jsonl file, in file order (blank lines skipped). A last line cut
-    short (no newline after it, not JSON) is skipped with a TornRecordWarning; any other line that
-    is not a well-formed record is a RunFileError naming it."""
+    """The records of a metrics.jsonl file, in file order (blank lines skipped). A last line that
+    starts a record but is not JSON (a write cut short) is skipped with a TornRecordWarning; any
+    other line that is not a well-formed record is a RunFileError naming it."""
     path = Path(path)
     records = []
-    lines = _text(path).split("\n")           # the last item is what follows the last newline
+    lines = _text(path).splitlines()
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            if n == len(lines):
+            if n == last and line.lstrip().startswith("{"):     # a record's start, nothing after it
                 warnings.warn(TornRecordWarning(f"{path}:{n}: skipped a torn last line (a write cut short, e.g. "
                                                 f"by a kill or a full disk): {line[:40]!r}..."), stacklevel=2)
                 continue

@@ -194,7 +194,7 @@ CASES = [
     # ------------------------------------------------ what is there is never replaced without a word
     Case("data shapes over a dataset it did not write", lambda w, b: [
         "data", "shapes", "--out", str(data(w, b)), "--n-train", "2", "--n-val", "1", "--size", "64"],
-        2, ("already holds", "not a dataset this command wrote", "--overwrite")),
+        2, ("msdetr data shapes: error:", "already holds", "that data shapes did not write", "--overwrite")),
     Case("data shapes --out a file", lambda w, b: (w / "f").write_text("mine") and [
         "data", "shapes", "--out", str(w / "f")], 2, ("is a file",)),
     Case("data shapes --out a name too long", lambda w, b: [

@@ -109,9 +109,10 @@ def test_a_torn_last_line_is_skipped_and_reported(tmp_path):
     warning; a bad line anywhere else is still an error naming it."""
     recs = _records()
     good = "".join(json.dumps(r) + "\n" for r in recs)
-    (tmp_path / "metrics.jsonl").write_text(good + '{"type": "step", "epo')
-    with pytest.warns(runs.TornRecordWarning, match=r"metrics.jsonl:\d+: skipped a torn last line"):
-        assert load_run(tmp_path).records == recs
+    for torn in ('{"type": "step", "epo', '{"type": "step", "epo\n\n'):
+        (tmp_path / "metrics.jsonl").write_text(good + torn)
+        with pytest.warns(runs.TornRecordWarning, match=r"metrics.jsonl:\d+: skipped a torn last line"):
+            assert load_run(tmp_path).records == recs
     (tmp_path / "metrics.jsonl").write_text('{"type": "step", "epo\n' + good)
     with pytest.raises(runs.RunFileError, match=r"metrics.jsonl:1 is not a JSON record"):
         load_run(tmp_path)

@@ -121,8 +121,7 @@ def write_dataset(out_dir: str | Path, names: Sequence[str], overwrite: bool, dr
     check_folder(out)                                     # first: no stat of a name that cannot exist
     replace_whole = out.is_dir() and owns_folder(out, OWNER)
     check_replace(out, [] if replace_whole else names, OWNER, overwrite,
-                  how="it is not a dataset this command wrote; pass --overwrite to replace those files, "
-                      "or choose another --out")
+                  how="pass --overwrite to replace those files, or choose another --out")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
