@@ -183,11 +183,21 @@ def interrupt_evaluation(monkeypatch):
 @dataclass
 class Case:
     name: str
-    setup: Callable[[Path, Path], list[str]]       # (world, base) -> argv; builds the starting files
+    setup: Callable[[Path, Path], list[str]]       # (world, base) -> argv, after `start` and `files`
     code: int
     words: tuple[str, ...]
+    start: tuple = ()                              # builders (world, base) run first: data, run
+    files: dict = field(default_factory=dict)      # then {relative path: text or bytes; None: a folder}
     may_change: tuple[str, ...] = ()               # relative paths the command may change (asked to)
     patch: Callable = None                         # monkeypatch -> None: a failure to simulate
+
+
+def eval_args(w: Path, *extra) -> list[str]:
+    return ["eval", "--checkpoint", str(w / "run" / "final.pth"), "--no-progress", *extra]
+
+
+def compare_args(w: Path, *extra) -> list[str]:
+    return ["compare", str(w / "run"), "--out", str(w / "cmp"), *extra]
 
 
 CASES = [
@@ -195,35 +205,33 @@ CASES = [
     Case("data shapes over a dataset it did not write", lambda w, b: [
         "data", "shapes", "--out", str(data(w, b)), "--n-train", "2", "--n-val", "1", "--size", "64"],
         2, ("msdetr data shapes: error:", "already holds", "that data shapes did not write", "--overwrite")),
-    Case("data shapes --out a file", lambda w, b: (w / "f").write_text("mine") and [
-        "data", "shapes", "--out", str(w / "f")], 2, ("is a file",)),
+    Case("data shapes --out a file", lambda w, b: ["data", "shapes", "--out", str(w / "f")], 2, ("is a file",),
+         files={"f": "mine"}),
     Case("data shapes --out a name too long", lambda w, b: [
         "data", "shapes", "--out", str(w / ("x" * 300))], 2, ("File name too long",)),
-    Case("train into a folder holding eval.json and config.json", lambda w, b: [
-        (w / "out").mkdir(), (w / "out" / "eval.json").write_text("{}"), (w / "out" / "config.json").write_text("{}"),
-        data(w, b)] and train_args(w), 2, ("already holds", "config.json", "eval.json", "--resume", "--overwrite")),
-    Case("train.output_dir is a file", lambda w, b: (w / "out").write_text("mine") and train_args(w),
-         2, ("is a file, not a folder",)),
+    Case("train into a folder holding eval.json and config.json", lambda w, b: train_args(w), 2,
+         ("already holds", "config.json", "eval.json", "--resume", "--overwrite"),
+         start=(data,), files={"out/eval.json": "{}", "out/config.json": "{}"}),
+    Case("train.output_dir is a file", lambda w, b: train_args(w), 2, ("is a file, not a folder",),
+         start=(data,), files={"out": "mine"}),
     Case("demo --out a folder holding the user's runs ms and o2o", user_runs_in_demo_out, 2,
          ("ms already holds", "o2o already holds", "not a run demo trained", "--overwrite")),
-    Case("eval --out a directory", lambda w, b: [(w / "d").mkdir(), run(w, b)] and [
-        "eval", "--checkpoint", str(w / "run" / "final.pth"), "--out", str(w / "d")], 2, ("is a directory",)),
-    Case("eval --out a file of the user's", lambda w, b: [(w / "e.json").write_text("mine"), run(w, b)] and [
-        "eval", "--checkpoint", str(w / "run" / "final.pth"), "--out", str(w / "e.json")],
-        2, ("already holds e.json", "--overwrite")),
-    Case("compare --out a folder with the user's summary.md", lambda w, b: [
-        (w / "cmp").mkdir(), (w / "cmp" / "summary.md").write_text("mine"), run(w, b)] and [
-        "compare", str(w / "run"), "--out", str(w / "cmp")], 2, ("already holds summary.md", "--overwrite")),
+    Case("eval --out a directory", lambda w, b: eval_args(w, "--out", str(w / "d")), 2, ("is a directory",),
+         start=(run,), files={"d": None}),
+    Case("eval --out a file of the user's", lambda w, b: eval_args(w, "--out", str(w / "e.json")), 2,
+         ("already holds e.json", "--overwrite"), start=(run,), files={"e.json": "mine"}),
+    Case("compare --out a folder with the user's summary.md", lambda w, b: compare_args(w), 2,
+         ("already holds summary.md", "--overwrite"), start=(run,), files={"cmp/summary.md": "mine"}),
     # ------------------------------------------------ resume: refused when it cannot continue the run
     Case("--resume with another data.root", other_data_root, 2, ("cannot resume", "trained on data.root=")),
     Case("--resume from final.pth copied to checkpoint.pth", final_as_checkpoint, 2,
          ("not a training checkpoint", "optimizer")),
-    Case("--resume of a finished run: nothing to do, nothing written", lambda w, b: resume_args(run(w, b)),
-         0, ("nothing to do", "finished all 1 epochs")),
+    Case("--resume of a finished run: nothing to do, nothing written", lambda w, b: resume_args(w / "run"),
+         0, ("nothing to do", "finished all 1 epochs"), start=(run,)),
     Case("--resume past a torn last line of metrics.jsonl", torn_resume, 0, ("torn last line",),
          may_change=("run/",)),
-    Case("train.epochs=0", lambda w, b: [data(w, b)] and train_args(w, "train.epochs=0"), 2,
-         ("train.epochs=0: must be >= 1",)),
+    Case("train.epochs=0", lambda w, b: train_args(w, "train.epochs=0"), 2, ("train.epochs=0: must be >= 1",),
+         start=(data,)),
     # ------------------------------------------------ data: checked once, before any training
     Case("val lists one category more than train", extra_category, 2,
          ("categories of", "instances_val.json", "instances_train.json", "5 star")),
@@ -247,23 +255,23 @@ CASES = [
          ("metrics.jsonl:1", "must be a JSON object")),
     Case("compare with a step record without its step", bad_metrics_line('{"type": "step", "epoch": 1, "iter": 0}'),
          2, ("metrics.jsonl:1", "'step' must be an integer")),
-    Case("compare with config.json that is not UTF-8", lambda w, b: [
-        run(w, b), (w / "run" / "config.json").write_bytes(b"\xff\xfe{")] and [
-        "compare", str(w / "run"), "--out", str(w / "cmp")], 2, ("config.json is not UTF-8",)),
-    Case("compare with --labels of another count", lambda w, b: [run(w, b)] and [
-        "compare", str(w / "run"), "--out", str(w / "cmp"), "--labels", "a", "b"], 2, ("--labels names 2 runs",)),
-    Case("--config that is a JSON list", lambda w, b: (w / "c.json").write_text("[1]") and [
-        "train", "--config", str(w / "c.json")], 2, ("a config must be a mapping",)),
-    Case("--config that is not UTF-8", lambda w, b: (w / "c.json").write_bytes(b"\xff\xfe") and [
-        "train", "--config", str(w / "c.json")], 2, ("is not valid JSON",)),
-    Case("--checkpoint a directory", lambda w, b: [(w / "d").mkdir()] and ["eval", "--checkpoint", str(w / "d")],
-         2, ("checkpoint not found",)),
+    Case("compare with config.json that is not UTF-8", lambda w, b: compare_args(w), 2, ("config.json is not UTF-8",),
+         start=(run,), files={"run/config.json": b"\xff\xfe{"}),
+    Case("compare --out below a file", lambda w, b: ["compare", str(w / "run"), "--out", str(w / "f" / "cmp")], 2,
+         ("is a file, so",), start=(run,), files={"f": "mine"}),
+    Case("compare with --labels of another count", lambda w, b: compare_args(w, "--labels", "a", "b"), 2,
+         ("--labels names 2 runs",), start=(run,)),
+    Case("--config that is a JSON list", lambda w, b: ["train", "--config", str(w / "c.json")], 2,
+         ("a config must be a mapping",), files={"c.json": "[1]"}),
+    Case("--config that is not UTF-8", lambda w, b: ["train", "--config", str(w / "c.json")], 2,
+         ("is not valid JSON",), files={"c.json": b"\xff\xfe"}),
+    Case("--checkpoint a directory", lambda w, b: ["eval", "--checkpoint", str(w / "d")], 2,
+         ("checkpoint not found",), files={"d": None}),
     # ------------------------------------------------ failures on the way: one line, nothing lost
-    Case("a full disk while saving a checkpoint", lambda w, b: [data(w, b)] and train_args(w), 2,
-         ("cannot write", "checkpoint.pth: No space left on device", "unchanged"), patch=disk_full),
-    Case("Ctrl-C during eval", lambda w, b: [run(w, b)] and [
-        "eval", "--checkpoint", str(w / "run" / "final.pth"), "--no-progress"], 130, ("interrupted",),
-        patch=interrupt_evaluation),
+    Case("a full disk while saving a checkpoint", lambda w, b: train_args(w), 2,
+         ("cannot write", "checkpoint.pth: No space left on device", "unchanged"), start=(data,), patch=disk_full),
+    Case("Ctrl-C during eval", lambda w, b: eval_args(w), 130, ("interrupted",), start=(run,),
+         patch=interrupt_evaluation),
 ]
 
 
@@ -276,6 +284,16 @@ def _hashes(root: Path) -> dict[str, str]:
 def test_cli_case(case: Case, base, tmp_path, capsys, monkeypatch):
     world = tmp_path / "w"
     world.mkdir()
+    for build in case.start:
+        build(world, base)
+    for name, content in case.files.items():
+        (world / name).parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            (world / name).mkdir()
+        elif isinstance(content, bytes):
+            (world / name).write_bytes(content)
+        else:
+            (world / name).write_text(content)
     argv = case.setup(world, base)
     before = _hashes(world)
     capsys.readouterr()
