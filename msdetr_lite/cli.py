@@ -1,19 +1,27 @@
 """The `msdetr` command (also `python -m msdetr_lite`).
 
-    msdetr data shapes --out data/shapes                      # the synthetic dataset
+    msdetr data shapes --out data/shapes [--overwrite]        # the synthetic dataset
     msdetr data shapes --variant dense --out data/shapes_dense   # a harder variant (data/README.md)
     msdetr train --preset tiny model.supervision=o2o train.epochs=3 [--resume | --overwrite]
     torchrun --nproc_per_node 2 -m msdetr_lite train --preset r50 data.root=/data/coco
     msdetr eval --checkpoint runs/tiny/final.pth [--out FILE] [--nms 0.7]   # -> runs/tiny/eval-final.json
     msdetr compare runs/ms runs/o2o --out runs/compare
     msdetr demo [--out runs/demo] [--epochs N]
+    msdetr ... --debug                                        # a failure shows its traceback
 
 Overrides are `section.field=value` (sections: model, matcher, loss, data, train); see
 msdetr_lite/config.py for every field. The whole config is checked before anything runs.
 
-Exit codes: 0 done; 1 training stopped on a non-finite loss; 2 a usage error (bad option or
-config, missing or unreadable file, a bad annotation json or image, a run directory that cannot
-be used as asked), printed as one line per problem; 130 interrupted.
+Nothing is lost (`msdetr_lite.outputs`): no command replaces a file it did not write, unless
+--overwrite is given (`train`: --resume continues the run it finds); outputs are checked
+before any work.
+
+Exit codes (`errors.guarded`, which `main` runs every command in, is the one boundary;
+`errors.user_problems` says what is the user's to fix):
+0 done; 1 training stopped on a non-finite loss; 2 a user error (bad option or config, missing or
+unreadable file, bad data, a run folder or output that cannot be used as asked, no space left,
+out of memory, ...), one line per problem; 3 an internal error (a bug: one line, the traceback
+with --debug); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -23,16 +31,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from msdetr_lite.config import Config, ConfigError, apply_overrides, preset
+from msdetr_lite.config import Config, apply_overrides, preset
+from msdetr_lite.errors import UsageError, guarded, short_path
 from msdetr_lite.shapes_knobs import add_knob_arguments, knobs_from_args
 
-
-class UsageError(Exception):
-    """A mistake of the caller, reported as one line per problem and exit code 2."""
-
-    def __init__(self, *problems: str):
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+__all__ = ["main", "guarded", "build_parser", "parse_args", "UsageError", "COMMANDS"]
 
 
 def _config(args, base: Optional[Config] = None) -> Config:
@@ -41,11 +44,11 @@ def _config(args, base: Optional[Config] = None) -> Config:
     if getattr(args, "config", None):
         path = Path(args.config)
         if not path.is_file():
-            raise UsageError(f"--config {path}: no such file")
+            raise UsageError(f"--config {short_path(path)}: no such file")
         try:
             cfg = Config.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--config {path} is not valid JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"--config {short_path(path)} is not valid JSON ({e})") from None
     elif getattr(args, "preset", None) or base is None:
         cfg = preset(args.preset or "tiny")
     else:
@@ -85,22 +88,38 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: Optional[str]) 
                    help="config overrides, e.g. model.supervision=o2o train.epochs=3")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported in one line (as every user error is) instead of the
+    usage text followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="msdetr", description="MS-DETR (mixed supervision for DETR), compact edition.",
         epilog="Overrides are section.field=value; sections: model, matcher, loss, data, train.")
+    # every command: --debug (the traceback of a failure, instead of its one line)
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of a failure (also MSDETR_DEBUG=1)")
+    replace = _Parser(add_help=False)
+    replace.add_argument("--overwrite", action="store_true",
+                         help="replace files at --out that this command did not write (without it they are kept "
+                              "and the command stops before any work)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("data", help="generate a dataset")
     data_sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    s = data_sub.add_parser("shapes", help="the synthetic shapes set (COCO layout)")
-    s.add_argument("--out", default="data/shapes", help="output folder (default data/shapes)")
+    s = data_sub.add_parser("shapes", help="the synthetic shapes set (COCO layout)", parents=[common, replace])
+    s.add_argument("--out", default="data/shapes",
+                   help="output folder (default data/shapes); a dataset this command wrote there is replaced")
     s.add_argument("--n-train", type=_count(1), default=1200, help="training images (default 1200)")
     s.add_argument("--n-val", type=_count(1), default=200, help="validation images (default 200)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    add_knob_arguments(s)                       # --variant, --image-size / --size, --max-objects, ...
+    s.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
+    add_knob_arguments(s)                       # --variant, --image-size / --size, --aspect-jitter, ...
 
-    p = sub.add_parser("train", help="train a detector (torchrun for several GPUs / nodes)")
+    p = sub.add_parser("train", help="train a detector (torchrun for several GPUs / nodes)", parents=[common])
     _add_config_args(p, "tiny")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -113,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--find-unused-parameters", action="store_true",
                    help="DDP find_unused_parameters (only if a model variant leaves parameters unused)")
 
-    p = sub.add_parser("eval", help="AP per decoder layer and candidate quality of a checkpoint")
+    p = sub.add_parser("eval", help="AP per decoder layer and candidate quality of a checkpoint",
+                       parents=[common, replace])
     p.add_argument("--checkpoint", required=True, help="final.pth or checkpoint.pth of a run")
     _add_config_args(p, None)
     p.add_argument("--out", help="output json (default: eval-<checkpoint name>.json next to the checkpoint, "
@@ -125,13 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=_count(1), default=20, help="top-k queries for the candidate statistics")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("compare", help="plot and tabulate runs side by side")
+    p = sub.add_parser("compare", help="plot and tabulate runs side by side", parents=[common, replace])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="folder for the plots and summary")
     p.add_argument("--labels", nargs="+", help="names of the runs in the plots (default: folder names)")
 
-    p = sub.add_parser("demo", help="data + MS-DETR vs o2o at tiny size + report.md")
-    p.add_argument("--out", default="runs/demo")
+    p = sub.add_parser("demo", help="data + MS-DETR vs o2o at tiny size + report.md", parents=[common, replace])
+    p.add_argument("--out", default="runs/demo",
+                   help="folder of the two runs and the report (default runs/demo); what an earlier demo wrote "
+                        "there is reused or replaced, anything else is kept unless --overwrite")
     # 4 epochs of each model is what fits the demo's 15-minute budget on a 2-core CPU
     p.add_argument("--epochs", type=_count(1), default=4, help="epochs per model (lr drops 10x before the last)")
     p.add_argument("--data", default="data/shapes", help="dataset folder (generated if missing)")
@@ -151,18 +173,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    args._parser = parser
     return args
 
 
 # ---------------------------------------------------------------- commands
 def cmd_data(args) -> int:
     from msdetr_lite.data.synthetic import generate
-    try:
-        knobs = knobs_from_args(args)           # the variant and the knob flags, checked
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    s = generate(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed, progress=True, **knobs)
+    knobs = knobs_from_args(args)               # the variant and the knob flags, checked (UsageError)
+    s = generate(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed, progress=True,
+                 overwrite=args.overwrite, **knobs)
     print(f"wrote {s['images']['train']} train / {s['images']['val']} val images "
           f"({s['annotations']['train']} / {s['annotations']['val']} boxes) to {s['out_dir']} "
           f"in {s['seconds']:.1f} s")
@@ -178,8 +197,6 @@ def cmd_train(args) -> int:
     except NonFiniteLossError as e:
         print(f"msdetr train: stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     summary.pop("model", None)
     if summary.get("eval"):
         from msdetr_lite.evaluation import format_metrics
@@ -200,9 +217,17 @@ def cmd_eval(args) -> int:
     from msdetr_lite.checkpoint import (build_model_from_config, config_from_checkpoint, load_checkpoint,
                                         load_weights, resolve_device)
     from msdetr_lite.data import build_dataset, build_val_loader
+    from msdetr_lite.data.coco import check_same_categories
     from msdetr_lite.evaluation import evaluate, format_metrics
+    from msdetr_lite.outputs import check_replace, record
 
     ckpt_path = Path(args.checkpoint)
+    out = eval_output_path(ckpt_path, args.out)
+    plot_path = out.with_name(out.stem + "_candidates.png")
+    written = [out.name, plot_path.name]
+    # before the evaluation: an output that cannot be written must not cost the whole evaluation
+    check_replace(out.parent, written, "eval", args.overwrite,
+                  how="pass --overwrite to replace them, or choose another --out")
     ckpt = load_checkpoint(ckpt_path)
     saved = config_from_checkpoint(ckpt, ckpt_path)
     cfg = _config(args, base=saved)
@@ -211,10 +236,13 @@ def cmd_eval(args) -> int:
     if "model" not in ckpt:
         raise UsageError(f"{ckpt_path} holds no model weights")
     model = load_weights(build_model_from_config(cfg, device), ckpt["model"], ckpt_path).eval()
+    trained_on = ckpt.get("categories")
     del ckpt
 
     val = build_dataset(cfg.data, "val")
-    if val.num_classes != cfg.model.num_classes:
+    if trained_on is not None:
+        check_same_categories(trained_on, f"{ckpt_path} (its training set)", val.categories, str(val.ann_file))
+    elif val.num_classes != cfg.model.num_classes:
         raise UsageError(f"the val set of data.root={cfg.data.root} has {val.num_classes} classes, "
                          f"the checkpoint {cfg.model.num_classes}")
     loader = build_val_loader(cfg, val, args.batch_size or cfg.train.batch_size)
@@ -222,13 +250,12 @@ def cmd_eval(args) -> int:
     with torch.no_grad():
         result = evaluate(model, loader, device, layers="all", progress=progress, nms_iou=args.nms)
         cand = analysis.candidate_quality_over_loader(model, loader, device, topk=args.topk, progress=progress)
-    out = eval_output_path(ckpt_path, args.out)
-    plot_path = out.with_name(out.stem + "_candidates.png")
     label = f"{cfg.model.supervision} ({ckpt_path.parent.name})"
     viz.save_figure(viz.plot_candidate_quality({label: cand}), plot_path, dpi=120)
     result = {**result, "candidates": cand, "checkpoint": str(ckpt_path),
               "supervision": cfg.model.supervision, "candidates_plot": str(plot_path)}
     analysis.save_json(result, out)
+    record(out.parent, written, "eval")
     for l, m in zip(result.get("layer_ids", range(len(result["layers"]))), result["layers"]):
         print(f"layer {l + 1}: {format_metrics(m)}")
     print(f"final:   {format_metrics(result['final'])}")
@@ -240,7 +267,9 @@ def cmd_eval(args) -> int:
 
 def cmd_compare(args) -> int:
     from msdetr_lite.report import compare_runs
-    res = compare_runs(args.runs, args.out, labels=args.labels)
+    if args.labels and len(args.labels) != len(args.runs):
+        raise UsageError(f"--labels names {len(args.labels)} runs, {len(args.runs)} run folders were given")
+    res = compare_runs(args.runs, args.out, labels=args.labels, overwrite=args.overwrite)
     print(Path(args.out, "summary.md").read_text())
     print("wrote", ", ".join(res["files"]))
     return 0
@@ -250,39 +279,22 @@ def cmd_demo(args) -> int:
     from msdetr_lite.report import run_demo
     apply_overrides(preset(args.preset), list(args.overrides))       # every problem before any training
     run_demo(args.out, epochs=args.epochs, data_root=args.data, preset_name=args.preset, seed=args.seed,
-             overrides=args.overrides, progress=not args.no_progress)
+             overrides=args.overrides, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "demo": cmd_demo}
 
 
-def _usage_problems(error: BaseException) -> Optional[list[str]]:
-    """The lines to print if `error` is a mistake of the caller (bad config, missing or unreadable
-    file, bad data file, run directory not usable as asked); None for anything else (a bug: it
-    propagates)."""
-    from msdetr_lite.checkpoint import CheckpointError
-    from msdetr_lite.data.validation import DataError
-    if isinstance(error, (UsageError, ConfigError)):
-        return error.problems
-    if isinstance(error, (FileNotFoundError, PermissionError, CheckpointError, DataError)):
-        return [str(error)]
-    rundir = sys.modules.get("msdetr_lite.rundir")      # only a command that trains can raise these
-    if rundir is not None and isinstance(error, rundir.RunDirError):
-        return [str(error)]
-    return None
+# ---------------------------------------------------------------- the boundary
+# `guarded` (errors.py, so that `python -m msdetr_lite.data.synthetic` shares it without importing
+# this module) runs every command: one line per user error and exit 2, Ctrl-C 130, a bug 3.
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except Exception as e:
-        problems = _usage_problems(e)
-        if problems is None:
-            raise
-        kind = "config error" if isinstance(e, ConfigError) else "error"
-        args._parser.exit(2, "".join(f"msdetr {args.command}: {kind}: {p}\n" for p in problems))
+    prog = " ".join(["msdetr", args.command] + ([args.dataset] if args.command == "data" else []))
+    return guarded(prog, lambda: COMMANDS[args.command](args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from msdetr_lite.errors import UserError
+
 SUPERVISIONS = ("o2o", "ms", "hybrid", "group")
 O2M_TAPS = ("after_ca", "after_sa", "output")
 QUERY_POS = ("proposal", "reference")
@@ -29,12 +31,13 @@ BACKBONE_NORMS = ("frozen_bn", "bn")
 DEFORM_BACKENDS = ("auto", "torch", "numba", "cuda", "cuda_v2")   # ops.BACKENDS (tests check they agree)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration with problems; `problems` holds one line per problem (field and why)."""
 
+    kind = "config error"
+
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+        super().__init__(*problems)
 
 
 @dataclass
@@ -129,6 +132,10 @@ class DataConfig:
     random_crop: bool = True
     num_workers: int = 2
     max_images: int = 0                   # 0 = all; >0 truncates each split (quick runs)
+    # an image's file_name must lead to a file inside its split's image folder (no absolute path,
+    # no ".."), so that an annotation file cannot make the library read files elsewhere; True
+    # allows any path (an annotation file you trust that points elsewhere)
+    allow_outside_paths: bool = False
 
 
 @dataclass
@@ -281,7 +288,7 @@ _RULES: dict[str, dict[str, Rule]] = {
              "num_workers": _NON_NEGATIVE, "max_images": _NON_NEGATIVE},
     "train": {"lr": _positive, "lr_backbone": _NON_NEGATIVE, "lr_linear_proj_mult": _NON_NEGATIVE,
               "weight_decay": _NON_NEGATIVE, "clip_max_norm": _NON_NEGATIVE, "batch_size": _at_least(1),
-              "epochs": _NON_NEGATIVE, "lr_drop": _NON_NEGATIVE, "seed": _NON_NEGATIVE,
+              "epochs": _at_least(1), "lr_drop": _NON_NEGATIVE, "seed": _NON_NEGATIVE,
               "device": _device, "output_dir": _not_empty, "eval_every": _NON_NEGATIVE,
               "log_every": _at_least(1), "max_steps_per_epoch": _NON_NEGATIVE,
               "eval_nms_iou": _in_range(0, 1)},

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistInfo", "init_distributed", "unwrap", "mean_over_ranks", "CpuSyncBatchNorm2d",
+__all__ = ["DistInfo", "init_distributed", "unwrap", "mean_over_ranks", "from_main", "CpuSyncBatchNorm2d",
            "maybe_sync_batchnorm"]
 
 
@@ -67,6 +67,16 @@ def mean_over_ranks(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x)
     return x / info.world_size
+
+
+def from_main(info: DistInfo, value):
+    """Rank 0's `value` on every rank (a collective under torch.distributed: every rank calls it;
+    picklable values); `value` itself in one process."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ---------------------------------------------------------------- synchronised BatchNorm

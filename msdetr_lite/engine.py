@@ -1,4 +1,4 @@
-"""Training: `train(cfg)` sets a run up, then per epoch `train_one_epoch`, evaluation, checkpoint.
+"""Training: `train(cfg)` sets a run up, then per epoch `train_one_epoch`, checkpoint, evaluation.
 
     from msdetr_lite.config import preset, apply_overrides
     from msdetr_lite.engine import train
@@ -12,10 +12,11 @@ Multi-GPU / multi-node: launch the same command with torchrun, e.g.
 `train.batch_size` is the total batch over all processes. Only rank 0 writes files or prints.
 
 The pieces it uses live by idea: `distributed.py` (process group, rank averages, synchronised
-BatchNorm), `optim.py` (parameter groups, AdamW, lr schedule, clipping), `rundir.py` (claiming
-the run directory, resumability, metrics.jsonl), `checkpoint.py` (atomic saves, weights-only
-loads) and `data/loaders.py`. A directory that holds a run is only continued (`resume=True`,
-`--resume`) or replaced (`overwrite=True`, `--overwrite`), never silently overwritten.
+BatchNorm), `optim.py` (parameter groups, AdamW, lr schedule, clipping), `nonfinite.py` (the
+NaN stop), `rundir.py` (claiming the run directory, resumability, metrics.jsonl), `resume.py`
+(continuing a run), `checkpoint.py` (atomic saves, weights-only loads) and `data/loaders.py`. A directory
+that holds a run is only continued (`resume=True`, `--resume`) or replaced (`overwrite=True`,
+`--overwrite`), never silently overwritten. Each epoch is checkpointed before its evaluation.
 
 Reproducibility and resume. Every epoch starts from seeds derived from (seed, epoch, rank):
 the sampler's shuffle (seed + epoch, shared by the ranks), torch / numpy / random, the
@@ -53,15 +54,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from msdetr_lite.checkpoint import (build_model_from_config, load_checkpoint, load_model_from_checkpoint,
-                                    load_weights, resolve_device, save_checkpoint)
+from msdetr_lite.checkpoint import build_model_from_config, load_model_from_checkpoint, resolve_device, save_checkpoint
 from msdetr_lite.config import Config, ConfigError
 from msdetr_lite.data.loaders import build_train_loader, build_val_loader
 from msdetr_lite.distributed import DistInfo, init_distributed, maybe_sync_batchnorm, mean_over_ranks, unwrap
 from msdetr_lite.nonfinite import NonFiniteLossError, _all_finite, _non_finite
 from msdetr_lite.optim import apply_schedule, build_optimizer, clip_gradients, current_lrs
-from msdetr_lite.rundir import (CHECKPOINT, EVAL, FINAL, METRICS, SNAPSHOT, RunDirError, append_jsonl, check_resumable,
-                                claim_run_dir, config_changes, keep_metrics_before, raise_together)
+from msdetr_lite.resume import keep_logged, restore
+from msdetr_lite.rundir import (CHECKPOINT, CONFIG, EVAL, FINAL, METRICS, SNAPSHOT, RunDirError, append_jsonl,
+                                claim_run_dir, raise_together, run_files)
 
 # Moved out of this module (checkpoint.py, data/loaders.py, optim.py, rundir.py); still importable
 # from here for zoo.py, report.py, widgets.py, the notebooks and bench/overhead.py.
@@ -140,6 +141,10 @@ class Run:
     epoch_times: list = field(default_factory=list)
     last_good: Optional[str] = None       # the checkpoint this run can resume from
     changes: dict = field(default_factory=dict)   # on resume: config fields changed since the checkpoint
+    categories: list = field(default_factory=list)   # [{"id", "name"}] of the training set, label order
+    unclosed: Optional[dict] = None       # on resume: the checkpoint's epoch record, if never evaluated / logged
+    done: Optional[dict] = None           # on resume of a finished run: its eval.json (nothing to do)
+    doing: str = "starting"               # what the run is doing (for the Ctrl-C message)
 
     @property
     def raw_model(self) -> torch.nn.Module:
@@ -161,6 +166,7 @@ def setup(cfg: Config, info: DistInfo, device: torch.device, resume: bool,
           find_unused_parameters: bool = False) -> Run:
     """Data, model, criterion, optimizer; with `resume`, the state of out/checkpoint.pth."""
     from msdetr_lite.data import build_dataset
+    from msdetr_lite.data.coco import check_same_categories
     from msdetr_lite.losses import SetCriterion
 
     tc = cfg.train
@@ -172,6 +178,7 @@ def setup(cfg: Config, info: DistInfo, device: torch.device, resume: bool,
 
     train_ds = build_dataset(cfg.data, "train")
     val_ds = build_dataset(cfg.data, "val")
+    check_same_categories(train_ds.categories, str(train_ds.ann_file), val_ds.categories, str(val_ds.ann_file))
     cfg.model.num_classes = train_ds.num_classes
     cfg.model.validate()
     pin = device.type == "cuda"
@@ -188,9 +195,10 @@ def setup(cfg: Config, info: DistInfo, device: torch.device, resume: bool,
                              cfg.model.num_queries, cfg.model.group_num, generator=matcher_gen)
     optimizer = build_optimizer(model, tc)
     run = Run(cfg, device, info, Path(tc.output_dir), train_loader, sampler, loader_gen, val_loader, steps,
-              model, criterion, matcher_gen, optimizer, params=[], use_amp=tc.amp and device.type == "cuda")
+              model, criterion, matcher_gen, optimizer, params=[], use_amp=tc.amp and device.type == "cuda",
+              categories=train_ds.categories)
     if resume:
-        _resume(run)
+        restore(run)
 
     model = maybe_sync_batchnorm(model, tc, info, device)
     if info.enabled:
@@ -201,40 +209,15 @@ def setup(cfg: Config, info: DistInfo, device: torch.device, resume: bool,
     return run
 
 
-def _resume(run: Run) -> None:
-    """Load out/checkpoint.pth into `run` (weights, optimizer moments, progress), if there is one."""
-    path = run.out / CHECKPOINT
-    if not path.exists():
-        run.say(f"--resume: no checkpoint at {path}, starting from scratch")
-        return
-    ckpt = load_checkpoint(path)
-    check_resumable(ckpt["config"], run.cfg, path, ckpt["epoch"])
-    load_weights(run.model, ckpt["model"], path)
-    # the optimizer state brings the checkpoint's lr / weight decay: apply_schedule resets them
-    # from the current config at every epoch start
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.epoch, run.step = ckpt["epoch"], ckpt["step"]
-    run.best_ap, run.best_epoch = ckpt["best_ap"], ckpt["best_epoch"]
-    run.epoch_times = list(ckpt["epoch_times"])
-    run.last_good = str(path)
-    run.changes = config_changes(ckpt["config"], run.cfg)
-    run.say(f"resumed from {path}: {run.epoch} epochs, {run.step} steps done")
-    for key, (old, new) in run.changes.items():
-        run.say(f"  {key}: {old!r} -> {new!r} (applies from epoch {run.epoch + 1})")
-
-
-def _start_metrics(run: Run, resume: bool) -> None:
+def _start_files(run: Run, resume: bool) -> None:
     """config.json (the config this run trains with) and metrics.jsonl (kept up to the
-    checkpoint on resume, plus a record of changed fields)."""
-    metrics = run.out / METRICS
-    (run.out / "config.json").write_text(json.dumps(run.cfg.to_dict(), indent=2) + "\n")
-    if not resume:
-        metrics.write_text("")
-        return
-    keep_metrics_before(metrics, run.epoch)
-    if run.changes:
-        append_jsonl(metrics, {"type": "resume", "epoch": run.epoch, "step": run.step,
-                                "changed": run.changes})
+    checkpoint on resume: `resume.keep_logged`)."""
+    if run.is_main:
+        (run.out / CONFIG).write_text(json.dumps(run.cfg.to_dict(), indent=2) + "\n")
+        if not resume:
+            (run.out / METRICS).write_text("")
+    if resume:
+        keep_logged(run)
 
 
 # ---------------------------------------------------------------- one epoch
@@ -355,8 +338,10 @@ def _announce(run: Run) -> None:
             f"epochs {run.epoch + 1}..{tc.epochs} -> {run.out}")
 
 
-def _save_checkpoint(run: Run) -> None:
-    """out/checkpoint.pth for the completed epochs, atomically, and only with finite weights."""
+def _save_checkpoint(run: Run, record: dict) -> None:
+    """out/checkpoint.pth for the completed epochs, atomically, and only with finite weights;
+    `record` (the epoch's metrics record, not yet evaluated) goes with it, so that a run
+    interrupted during the evaluation evaluates and logs that epoch when resumed."""
     if not _all_finite(run.raw_model.parameters()):
         raise NonFiniteLossError(run.epoch, run.step, {"parameters": float("nan")}, run.last_good)
     path = run.out / CHECKPOINT
@@ -364,44 +349,66 @@ def _save_checkpoint(run: Run) -> None:
         save_checkpoint(path, {
             "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "epoch": run.epoch, "step": run.step, "config": run.cfg.to_dict(), "best_ap": run.best_ap,
-            "best_epoch": run.best_epoch, "epoch_times": run.epoch_times, "world_size": run.dist.world_size})
+            "best_epoch": run.best_epoch, "epoch_times": run.epoch_times, "world_size": run.dist.world_size,
+            "categories": run.categories, "epoch_record": record})
         if run.cfg.train.keep_snapshots:
             save_checkpoint(run.out / SNAPSHOT.format(run.epoch), {
-                "model": run.raw_model.state_dict(), "config": run.cfg.to_dict(), "epoch": run.epoch})
+                "model": run.raw_model.state_dict(), "config": run.cfg.to_dict(), "epoch": run.epoch,
+                "categories": run.categories})
     run.last_good = str(path)
 
 
-def _log_epoch(run: Run, result: dict, lrs: dict, eval_result: Optional[dict], eval_time: float) -> None:
+def _epoch_record(run: Run, result: dict, lrs: dict) -> dict:
+    """The metrics record of the epoch just trained, before its evaluation."""
     mem, mem_kind = peak_memory_mb(run.device)
-    if not run.is_main:
-        return
-    append_jsonl(run.out / METRICS, {
-        "type": "epoch", "epoch": run.epoch, "step": run.step, "steps": result["steps"],
-        "losses": result["losses"], "lr": lrs, "epoch_time": result["epoch_time"], "eval_time": eval_time,
-        "eval": eval_result, "peak_mem_mb": mem, "peak_mem_kind": mem_kind})
-    ap_text = f", AP {eval_result['final']['AP']:.3f}" if eval_result else ""
-    run.say(f"epoch {run.epoch}/{run.cfg.train.epochs}: loss {result['losses'].get('loss', float('nan')):.4f}, "
-            f"{result['epoch_time']:.1f}s{ap_text}")
+    return {"type": "epoch", "epoch": run.epoch, "step": run.step, "steps": result["steps"],
+            "losses": result["losses"], "lr": lrs, "epoch_time": result["epoch_time"], "eval_time": 0.0,
+            "eval": None, "peak_mem_mb": mem, "peak_mem_kind": mem_kind}
+
+
+def _close_epoch(run: Run, record: dict, progress: bool, on_epoch_end) -> Optional[dict]:
+    """Evaluate the epoch of `record` (when due), log the record, call the hook; returns the
+    evaluation (or None)."""
+    run.doing = f"evaluating epoch {run.epoch} (its training is saved in {run.last_good})"
+    eval_result, eval_time = _maybe_evaluate(run, progress)
+    record = {**record, "eval": eval_result, "eval_time": eval_time}
+    if run.is_main:
+        append_jsonl(run.out / METRICS, record)
+        ap_text = f", AP {eval_result['final']['AP']:.3f}" if eval_result else ""
+        run.say(f"epoch {run.epoch}/{run.cfg.train.epochs}: loss "
+                f"{record['losses'].get('loss', float('nan')):.4f}, {record['epoch_time']:.1f}s{ap_text}")
+    if on_epoch_end is not None and run.is_main:
+        on_epoch_end(run.epoch, {
+            "epoch": run.epoch, "step": run.step, "losses": record["losses"], "lr": record["lr"],
+            "eval": eval_result, "best_ap": run.best_ap, "best_epoch": run.best_epoch,
+            "epoch_times": list(run.epoch_times), "checkpoint": run.last_good, "model": run.raw_model})
+    return eval_result
+
+
+def _summary(run: Run, final_eval: dict) -> dict:
+    tc, out = run.cfg.train, run.out
+    return {"output_dir": str(out), "epochs": tc.epochs, "steps": run.step, "eval": final_eval,
+            "best_ap": run.best_ap, "best_epoch": run.best_epoch, "epoch_times": run.epoch_times,
+            "checkpoint": str(out / CHECKPOINT), "final": str(out / FINAL), "model": run.raw_model}
 
 
 def _finish(run: Run, final_eval: Optional[dict], progress: bool) -> dict:
     """final.pth and eval.json; the summary `train` returns."""
     tc, out = run.cfg.train, run.out
+    run.doing = f"writing {FINAL} and {EVAL} ({run.last_good} holds all {tc.epochs} epochs)"
     if final_eval is None:
         final_eval = _evaluate(run, progress)
     n_params = sum(p.numel() for p in run.params)
     if run.is_main:
         save_checkpoint(out / FINAL, {"model": run.raw_model.state_dict(), "config": run.cfg.to_dict(),
-                                      "epoch": tc.epochs, "eval": final_eval})
+                                      "epoch": tc.epochs, "eval": final_eval, "categories": run.categories})
         report = {**final_eval, "epoch": tc.epochs, "supervision": run.cfg.model.supervision,
                   "best_ap": run.best_ap, "best_epoch": run.best_epoch, "epoch_times": run.epoch_times,
                   "mean_epoch_time": float(np.mean(run.epoch_times)) if run.epoch_times else None,
                   "trainable_params": n_params, "world_size": run.dist.world_size}
         (out / EVAL).write_text(json.dumps(report, indent=2, default=float) + "\n")
         run.say(f"done: final AP {final_eval['final']['AP']:.4f} -> {out / EVAL}")
-    return {"output_dir": str(out), "epochs": tc.epochs, "steps": run.step, "eval": final_eval,
-            "best_ap": run.best_ap, "best_epoch": run.best_epoch, "epoch_times": run.epoch_times,
-            "checkpoint": str(out / CHECKPOINT), "final": str(out / FINAL), "model": run.raw_model}
+    return _summary(run, final_eval)
 
 
 # ---------------------------------------------------------------- the training loop
@@ -414,8 +421,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, find_unused_
     output_dir, epochs, steps, eval (final AP per layer), best_ap, best_epoch, epoch_times,
     checkpoint, final, and `model` (the trained, unwrapped nn.Module; not JSON).
 
-    resume: continue train.output_dir/checkpoint.pth; overwrite: replace the run there. Without
-        either, a directory that holds a run is a RunDirError (nothing is touched).
+    Each epoch is checkpointed before it is evaluated: an interruption during the evaluation
+    loses no training, and `resume` evaluates and logs that epoch first.
+
+    resume: continue train.output_dir/checkpoint.pth (a run that has finished all train.epochs is
+        left as it is, and says so); overwrite: replace the run there. Without either, a directory
+        that holds any file of a run (`rundir.run_files`) is a RunDirError (nothing is touched).
     on_epoch_end(epoch, summary): called on rank 0 after each epoch's checkpoint is written, with
         the completed epoch (1-based) and {"epoch", "step", "losses" (epoch means), "lr",
         "eval" (or None), "best_ap", "best_epoch", "epoch_times", "checkpoint", "model"}.
@@ -433,43 +444,38 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, find_unused_
         error = None
         if info.rank == 0:
             try:
-                lock = claim_run_dir(out, resume, overwrite)
+                lock = claim_run_dir(out, resume, overwrite, run_files(tc))
             except RunDirError as e:
                 error = e
         raise_together(info, error)
 
         run = setup(cfg, info, device, resume, find_unused_parameters)
-        if run.is_main:
-            _start_metrics(run, resume)
+        if run.done is not None:
+            run.say(f"msdetr train: nothing to do: {out} has finished all {tc.epochs} epochs ({FINAL} and "
+                    f"{EVAL} are left as they are); to train further, --resume with a larger train.epochs")
+            return _summary(run, run.done)
+        _start_files(run, resume)
         _announce(run)
 
         final_eval = None
         try:
+            if run.unclosed is not None:             # interrupted while evaluating: that epoch first
+                final_eval = _close_epoch(run, run.unclosed, progress, on_epoch_end)
             for epoch in range(run.epoch, tc.epochs):
+                run.doing = f"training epoch {epoch + 1} (last good checkpoint: {run.last_good or 'none yet'})"
                 _start_epoch(run, epoch)
                 lrs = apply_schedule(run.optimizer, tc, epoch)
                 result = train_one_epoch(run, epoch, progress)
                 run.epoch_times.append(result["epoch_time"])
                 run.epoch = epoch + 1
-
-                eval_result, eval_time = _maybe_evaluate(run, progress)
-                if run.epoch == tc.epochs:
-                    final_eval = eval_result
-                _log_epoch(run, result, lrs, eval_result, eval_time)
-                _save_checkpoint(run)
-                if on_epoch_end is not None and run.is_main:
-                    on_epoch_end(run.epoch, {
-                        "epoch": run.epoch, "step": run.step, "losses": result["losses"], "lr": lrs,
-                        "eval": eval_result, "best_ap": run.best_ap, "best_epoch": run.best_epoch,
-                        "epoch_times": list(run.epoch_times), "checkpoint": run.last_good,
-                        "model": run.raw_model})
+                record = _epoch_record(run, result, lrs)
+                _save_checkpoint(run, record)        # before the evaluation: training is never lost to it
+                final_eval = _close_epoch(run, record, progress, on_epoch_end)
+            return _finish(run, final_eval, progress)
         except KeyboardInterrupt:
-            done = run.last_good or "none yet (a resumed run starts from scratch)"
-            run.say(f"\ninterrupted during epoch {run.epoch + 1}. Last good checkpoint: {done}.\n"
-                    f"Resume with the same command plus --resume "
+            run.say(f"\ninterrupted while {run.doing}.\nResume with the same command plus --resume "
                     f"(e.g. msdetr train ... train.output_dir={out} --resume)")
             raise
-        return _finish(run, final_eval, progress)
     finally:
         if lock is not None:
             lock.release()

@@ -17,6 +17,10 @@ A run folder is what `engine.train` writes (docs/design.md):
                     "epoch_time", "eval" (optional), ...} after every epoch
     eval.json       the final evaluation: {"final", "layers", "layer_ids", ...}
 
+A file of a run folder that cannot be read as described (not UTF-8, not JSON, records of the
+wrong shape) is a `RunFileError` naming the file and line. A last line of metrics.jsonl cut short
+(a kill or a full disk during a write) is skipped with a warning (`TornRecordWarning`).
+
 Loss dicts (`SetCriterion`, logged as they are optimised, i.e. weighted) name every term
 `loss_{cls|bbox|giou}_{o2o|o2m|enc}_{layer}` (the encoder proposals have no layer) and hold
 their sum as `loss`. `loss_key` writes such a name, `parse_loss_key` reads one; nothing else in
@@ -25,10 +29,14 @@ the package spells them out.
 from __future__ import annotations
 
 import json
+import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+
+from msdetr_lite.errors import UserError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -41,7 +49,16 @@ CONVERGENCE_KEYS = ("AP", "AP_nms", "duplicates")   # Run.convergence: per decod
 _KEY = re.compile(r"^loss_(cls|bbox|giou)_(o2o|o2m|enc)(?:_(\d+))?$")
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "EVAL_FILE", "LOSS_TERMS", "BRANCHES", "TOTAL_KEY", "CONVERGENCE_KEYS", "LossKey",
-           "loss_key", "parse_loss_key", "loss_value", "read_metrics", "Run", "load_run", "as_run"]
+           "loss_key", "parse_loss_key", "loss_value", "read_metrics", "Run", "load_run", "as_run", "RunFileError",
+           "TornRecordWarning", "read_json_object"]
+
+
+class RunFileError(UserError, ValueError):
+    """A file of a run folder that cannot be read as a run's (the message names file and line)."""
+
+
+class TornRecordWarning(UserWarning):
+    """metrics.jsonl ends in a line cut short (skipped)."""
 
 
 # ---------------------------------------------------------------- loss-key names
@@ -107,17 +124,100 @@ def loss_value(losses: Mapping[str, float], branch: Optional[str] = None, term: 
 
 
 # ---------------------------------------------------------------- the run folder
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as e:
+        raise RunFileError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _numbers(d) -> bool:
+    return isinstance(d, dict) and all(_is_number(v) or v is None for v in d.values())
+
+
+def _eval_problem(ev) -> Optional[str]:
+    """What is wrong with an evaluation ({"final": {metric: number}, "layers": [{...}], ...}), or None."""
+    if not isinstance(ev, dict):
+        return f"an evaluation must be an object, got {type(ev).__name__}"
+    if "final" in ev and not _numbers(ev["final"]):
+        return "'final' must map metric names to numbers"
+    if "layers" in ev and not (isinstance(ev["layers"], list) and all(_numbers(m) for m in ev["layers"])):
+        return "'layers' must be a list of {metric: number}"
+    if ev.get("nms") is not None:
+        return _eval_problem(ev["nms"])
+    return None
+
+
+# the fields of a record by type: (required, check, what it must be); the accessors of `Run` index
+# the required ones, the others are checked where present
+_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+_RECORD_FIELDS = {
+    "step": {"epoch": (True, *_INT), "iter": (True, *_INT), "step": (True, *_INT),
+             "losses": (False, _numbers, "an object of numbers")},
+    "epoch": {"epoch": (True, *_INT), "step": (False, *_INT), "losses": (False, _numbers, "an object of numbers"),
+              "epoch_time": (False, _is_number, "a number"), "steps": (False, *_INT)},
+}
+
+
+def _record_problem(r) -> Optional[str]:
+    if not isinstance(r, dict):
+        return f"a record must be a JSON object, got {type(r).__name__}"
+    kind = r.get("type")
+    for key, (required, ok, what) in (_RECORD_FIELDS.get(kind, {}) if isinstance(kind, str) else {}).items():
+        if (required or key in r) and not ok(r.get(key)):
+            return f"{kind} record: {key!r} must be {what}, got {r.get(key)!r}"
+    if r.get("eval") is not None:
+        return _eval_problem(r["eval"])
+    return None
+
+
 def read_metrics(path: Union[str, Path]) -> list[dict]:
-    """The records of a metrics.jsonl file, in file order (blank lines skipped)."""
+    """The records of a metrics.jsonl file, in file order (blank lines skipped). A last line that
+    starts a record but is not JSON (a write cut short) is skipped with a TornRecordWarning; any
+    other line that is not a well-formed record is a RunFileError naming it."""
     path = Path(path)
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n} is not a JSON record ({e.msg})") from None
+    lines = _text(path).splitlines()
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == last and line.lstrip().startswith("{"):     # a record's start, nothing after it
+                warnings.warn(TornRecordWarning(f"{path}:{n}: skipped a torn last line (a write cut short, e.g. "
+                                                f"by a kill or a full disk): {line[:40]!r}..."), stacklevel=2)
+                continue
+            raise RunFileError(f"{path}:{n} is not a JSON record ({e.msg})") from None
+        problem = _record_problem(record)
+        if problem:
+            raise RunFileError(f"{path}:{n}: {problem}")
+        records.append(record)
     return records
+
+
+def _config_problem(cfg: dict) -> Optional[str]:
+    return None if all(isinstance(v, dict) for v in cfg.values()) else "every config section must be an object"
+
+
+def read_json_object(path: Union[str, Path], check=None) -> dict:
+    """A file holding one JSON object (config.json, eval.json) whose `check(value)` (-> what is
+    wrong, or None) passes; RunFileError naming the file otherwise."""
+    path = Path(path)
+    try:
+        value = json.loads(_text(path))
+    except json.JSONDecodeError as e:
+        raise RunFileError(f"{path} is not valid JSON ({e})") from None
+    problem = (None if isinstance(value, dict) else f"must hold a JSON object, not {type(value).__name__}") \
+        or (check(value) if check else None)
+    if problem:
+        raise RunFileError(f"{path}: {problem}")
+    return value
 
 
 @dataclass
@@ -222,8 +322,8 @@ def load_run(run_dir: Union[str, Path], name: Optional[str] = None) -> Run:
         raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}: not a training run folder")
     config, ev = run_dir / CONFIG_FILE, run_dir / EVAL_FILE
     return Run(name=name or run_dir.name, records=read_metrics(metrics),
-               config=json.loads(config.read_text()) if config.is_file() else {},
-               eval=json.loads(ev.read_text()) if ev.is_file() else None, dir=run_dir)
+               config=read_json_object(config, _config_problem) if config.is_file() else {},
+               eval=read_json_object(ev, _eval_problem) if ev.is_file() else None, dir=run_dir)
 
 
 def as_run(run: Union[Run, str, Path, Sequence[Mapping]], name: str = "run") -> Run:

@@ -7,8 +7,8 @@
 
 Every knob is a field of `Knobs`; its defaults are the embedded data/shapes set, which stays
 byte-identical to what the generator wrote before the knobs existed. A variant is a named set
-of knob values; knobs given explicitly override the variant's. Bad values raise a ValueError
-that names the knob.
+of knob values; knobs given explicitly override the variant's. Bad values raise a UsageError
+(a ValueError; `msdetr_lite.errors`) with one line per bad value, each naming its knob.
 
 This module is light on purpose (no numpy / torch): the `msdetr` parser builds its `data
 shapes` flags from it (`add_knob_arguments`) without importing the generator.
@@ -19,6 +19,8 @@ import argparse
 import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields
+
+from msdetr_lite.errors import UsageError
 
 # Class names in label order; `num_classes=k` uses the first k. The first four are the
 # embedded set's. All are told apart by shape only (colour is random), at any size >= 6 px.
@@ -81,10 +83,10 @@ class Knobs:
         return out
 
     def check(self) -> "Knobs":
-        """self, or a ValueError listing every bad value (each naming its knob)."""
+        """self, or a UsageError (a ValueError) listing every bad value (each naming its knob)."""
         bad = self.problems()
         if bad:
-            raise ValueError("; ".join(bad))
+            raise UsageError(*bad)
         return self
 
     def is_default(self) -> bool:
@@ -112,10 +114,10 @@ VARIANTS: dict[str, dict] = {
 def variant_knobs(variant: str = "default", **overrides) -> Knobs:
     """The checked knobs of `variant` with `overrides` (knob=value; None = the variant's value)."""
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        raise UsageError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     unknown = sorted(set(overrides) - set(KNOB_NAMES))
     if unknown:
-        raise ValueError(f"unknown knob(s) {', '.join(unknown)}; the knobs are {', '.join(KNOB_NAMES)}")
+        raise UsageError(f"unknown knob(s) {', '.join(unknown)}; the knobs are {', '.join(KNOB_NAMES)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     knobs = Knobs(**{**VARIANTS[variant], **given}).check()
     # plain int / float (numpy scalars, 12 vs 12.0): the same knobs give the same bytes and json
@@ -139,7 +141,7 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def knobs_from_args(args: argparse.Namespace) -> dict:
-    """{"variant": ..., knob: value for each flag given}, checked (ValueError naming the knob)."""
+    """{"variant": ..., knob: value for each flag given}, checked (UsageError naming the knob)."""
     given = {name: getattr(args, name) for name in KNOB_NAMES if getattr(args, name, None) is not None}
     variant_knobs(args.variant, **given)
     return {"variant": args.variant, **given}

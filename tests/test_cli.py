@@ -111,10 +111,21 @@ def test_bad_annotation_json_is_a_user_error(tmp_path, capsys):
     assert line.startswith("msdetr train: error: ") and str(bad) in line and "categories[0]" in line
 
 
-def test_real_bugs_still_raise(monkeypatch):
+def test_real_bugs_are_one_line_and_raise_with_debug(monkeypatch, capsys):
+    """A bug is not the user's error: one line, exit 3, no traceback; --debug (or MSDETR_DEBUG=1)
+    shows it with its traceback."""
     def broken(args):
         raise KeyError("a bug")
     monkeypatch.setitem(cli.COMMANDS, "compare", broken)
+    monkeypatch.delenv("MSDETR_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare", "a", "--out", "b"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("msdetr compare: internal error: KeyError: 'a bug'") and "--debug" in err
+    with pytest.raises(KeyError):
+        cli.main(["compare", "a", "--out", "b", "--debug"])
+    monkeypatch.setenv("MSDETR_DEBUG", "1")
     with pytest.raises(KeyError):
         cli.main(["compare", "a", "--out", "b"])
 
@@ -141,8 +152,11 @@ def test_data_train_eval_compare_end_to_end(tmp_path, capsys):
         assert cli.main(["train", "--preset", "tiny", f"model.supervision={sup}", "--no-progress",
                          f"data.root={data}", *MICRO, f"train.output_dir={runs[sup]}"]) == 0
         assert (runs[sup] / "final.pth").is_file()
-    # resuming a finished run only re-evaluates
+    # resuming a finished run: nothing to do, nothing written
+    before = {p.name: p.read_bytes() for p in runs["ms"].iterdir() if p.is_file()}
     assert cli.main(["train", "--config", str(runs["ms"] / "config.json"), "--resume", "--no-progress"]) == 0
+    assert {p.name: p.read_bytes() for p in runs["ms"].iterdir() if p.is_file()} == before
+    assert "nothing to do" in capsys.readouterr().out
     # training into it again without --resume / --overwrite: stops, names the directory and both
     (line,) = _usage_error(["train", "--config", str(runs["ms"] / "config.json"), "--no-progress"], capsys)
     assert str(runs["ms"]) in line and "--resume" in line and "--overwrite" in line
@@ -153,6 +167,14 @@ def test_data_train_eval_compare_end_to_end(tmp_path, capsys):
     ev = json.loads((runs["o2o"] / "eval-final.json").read_text())
     assert ev["nms"]["iou"] == 0.5 and len(ev["nms"]["layers"]) == 2
     assert (runs["o2o"] / "eval-final_candidates.png").is_file()
+    # its own earlier output is eval's to replace; the same file edited by the user is not
+    assert cli.main(["eval", "--checkpoint", str(runs["o2o"] / "final.pth"), "--no-progress"]) == 0
+    (runs["o2o"] / "eval-final.json").write_text("my notes")
+    (line,) = _usage_error(["eval", "--checkpoint", str(runs["o2o"] / "final.pth"), "--no-progress"], capsys)
+    assert "eval-final.json that eval did not write" in line and "--overwrite" in line
+    assert (runs["o2o"] / "eval-final.json").read_text() == "my notes"
+    assert cli.main(["eval", "--checkpoint", str(runs["o2o"] / "final.pth"), "--nms", "0.5", "--no-progress",
+                     "--overwrite"]) == 0
 
     out = tmp_path / "eval_ms.json"
     assert cli.main(["eval", "--checkpoint", str(runs["ms"] / "final.pth"), "--out", str(out),
@@ -165,6 +187,7 @@ def test_data_train_eval_compare_end_to_end(tmp_path, capsys):
 
     cmp_dir = tmp_path / "cmp"
     assert cli.main(["compare", str(runs["ms"]), str(runs["o2o"]), "--out", str(cmp_dir)]) == 0
+    assert cli.main(["compare", str(runs["ms"]), str(runs["o2o"]), "--out", str(cmp_dir)]) == 0   # its own: again
     for name in ("loss_curves.png", "ap_per_epoch.png", "ap_per_layer.png", "summary.json", "summary.md"):
         assert (cmp_dir / name).is_file(), name
     summary = json.loads((cmp_dir / "summary.json").read_text())
@@ -175,7 +198,9 @@ def test_data_train_eval_compare_end_to_end(tmp_path, capsys):
 
 def test_demo_twice_reuses_its_finished_runs(tmp_path, capsys):
     """`make demo` run again does not stop at the run-folder guard: runs trained with the same
-    configuration are reused, and the report is written again."""
+    configuration are reused, and the report is written again. With another configuration the
+    demo replaces its own runs; a run in its folder that it did not train stops it before any
+    work (issue 23: `msdetr demo --out runs` replaced the user's runs/ms and runs/o2o)."""
     from msdetr_lite.data.synthetic import generate
     data = tmp_path / "shapes"
     generate(data, n_train=4, n_val=2, image_size=64, seed=3)
@@ -188,3 +213,12 @@ def test_demo_twice_reuses_its_finished_runs(tmp_path, capsys):
     assert (tmp_path / "demo" / "ms" / "final.pth").stat().st_mtime_ns == first
     assert "already trained with this configuration" in capsys.readouterr().out
     assert (tmp_path / "demo" / "report.md").is_file()
+
+    # another configuration: its own run ms would be replaced (rundir.plan_run, tested alone), but
+    # o2o changed since the demo wrote it: the demo stops before any work
+    (tmp_path / "demo" / "o2o" / "metrics.jsonl").write_text("")
+    before = (tmp_path / "demo" / "ms" / "final.pth").read_bytes()
+    capsys.readouterr()
+    (line,) = _usage_error([*args, "train.lr=1e-3"], capsys)
+    assert "o2o already holds metrics.jsonl that demo did not write" in line and "--overwrite" in line
+    assert (tmp_path / "demo" / "ms" / "final.pth").read_bytes() == before    # nothing trained

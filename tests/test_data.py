@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Subset
 
-from msdetr_lite.config import DataConfig, preset
+from msdetr_lite.config import DataConfig, apply_overrides, preset
 from msdetr_lite.data import (CocoDetection, base_dataset, build_dataset, collate, denormalize,
                               make_transforms)
 from msdetr_lite.data import synthetic
@@ -578,3 +578,63 @@ def test_transform_sizes_accept_numpy_ints_and_no_cap():
     t = make_transforms("val", val_size=np.int64(32), max_size=0)
     image, _ = t(Image.new("RGB", (64, 48)), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
     assert tuple(image.shape) == (3, 32, 42)
+
+
+# --- issue 23: damage in the middle, paths outside the folder, categories, elongated images ---------
+def test_damage_in_the_middle_fails_at_build_where_decoding_is_cheap(tmp_path, monkeypatch):
+    from msdetr_lite.data import validation
+    folder, ann = one_image_set(tmp_path, noisy(64, 48), name="mid.jpg", format="JPEG", quality=95)
+    raw = bytearray((folder / "mid.jpg").read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 200):          # header and end-of-image marker intact
+        raw[i] = 0xFF if i % 7 == 0 else raw[i] ^ 0x55
+    (folder / "mid.jpg").write_bytes(bytes(raw))
+    assert validation.inspect_image(folder / "mid.jpg", 64, 48).problem is None      # the header check alone
+    with pytest.raises(ValueError, match=r"mid\.jpg: damaged \(OSError"):
+        CocoDetection(folder, ann)
+    # a split too large to decode at build: the header check, and the load names the file
+    monkeypatch.setattr(validation, "FULL_DECODE_PIXELS", 64 * 48 - 1)
+    ds = CocoDetection(folder, ann)
+    with pytest.raises(ValueError, match=r"cannot read image .*mid\.jpg"):
+        ds[0]
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "sub/../../outside.png", "/etc/hostname"])
+def test_file_names_leading_outside_the_folder_are_refused(tmp_path, name):
+    from msdetr_lite.data.validation import image_path
+    folder, ann = one_image_set(tmp_path, Image.new("RGB", (16, 12)))
+    Image.new("RGB", (16, 12)).save(tmp_path / "outside.png")
+    data = json.loads(ann.read_text())
+    data["images"][0]["file_name"] = name
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"leads outside the image folder|outside the image folder"):
+        CocoDetection(folder, ann)
+    with pytest.raises(ValueError, match="data.allow_outside_paths=true"):
+        image_path(folder, name)
+    assert image_path(folder, "sub/../x.png") == folder / "x.png"          # inside after all: fine
+    if name.startswith("../"):                                             # the explicit opt-in
+        assert CocoDetection(folder, ann, allow_outside_paths=True).load_image(0).size == (16, 12)
+
+
+def test_categories_are_checked_train_against_val(tmp_path):
+    from msdetr_lite.data.coco import check_same_categories
+    cats = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
+    check_same_categories(cats, "train.json", [dict(c) for c in cats], "val.json")
+    for other in (cats + [{"id": 3, "name": "star"}], cats[:1], [cats[0], {"id": 2, "name": "box"}], cats[::-1]):
+        with pytest.raises(ValueError) as err:
+            check_same_categories(cats, "train.json", other, "val.json")
+        assert "train.json lists [1 circle, 2 square]" in str(err.value) and "val.json lists [" in str(err.value)
+    ds = CocoDetection(*one_image_set(tmp_path, Image.new("RGB", (16, 12))))
+    assert ds.categories == [{"id": 1, "name": "thing"}]        # what is compared, in label order
+
+
+def test_images_too_elongated_for_the_resize_fail_when_built(tmp_path):
+    from msdetr_lite.data import build_dataset
+    folder, ann = one_image_set(tmp_path, Image.new("RGB", (400, 2)), box=(0, 0, 40, 2))
+    (tmp_path / "annotations").mkdir()
+    ann.rename(tmp_path / "annotations" / "instances_val.json")
+    folder.rename(tmp_path / "val")
+    cfg = apply_overrides(preset("tiny"), [f"data.root={tmp_path}"]).data     # max_size 192: 400 / 2 > 192
+    with pytest.raises(ValueError, match=r"too elongated for data.max_size=192.*x.png \(400x2\)"):
+        build_dataset(cfg, "val")
+    cfg.max_size = 400                                                         # 2 * 400 / 400 = 2 px: fine
+    assert len(build_dataset(cfg, "val")) == 1

@@ -20,6 +20,7 @@ differences).
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -58,18 +59,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, cfg_dict: dict, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, cfg_dict: dict, out_dir: str, resume: bool = False) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     _deterministic_transforms()
-    summary = engine.train(Config.from_dict(cfg_dict), progress=False)
+    summary = engine.train(Config.from_dict(cfg_dict), progress=False, resume=resume)
     torch.save(summary["model"].state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     torch.save(summary["eval"]["final"]["AP"], os.path.join(out_dir, f"ap{rank}.pt"))
 
 
-def _spawn(cfg: Config, out_dir) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), cfg.to_dict(), str(out_dir)), nprocs=2, join=True)
+def _spawn(cfg: Config, out_dir, resume: bool = False) -> None:
+    mp.spawn(_worker, args=(2, _free_port(), cfg.to_dict(), str(out_dir), resume), nprocs=2, join=True)
 
 
 def _first_moments(run_dir) -> list[torch.Tensor]:
@@ -101,6 +102,15 @@ def test_two_processes_stay_identical(tmp_path, square_shapes):
         assert torch.equal(r0[k], r1[k]), f"{k} differs between ranks"
     assert torch.load(tmp_path / "ap0.pt") == torch.load(tmp_path / "ap1.pt")   # eval gathered
     assert (tmp_path / "ddp" / "final.pth").is_file() and (tmp_path / "ddp" / "eval.json").is_file()
+
+    # resumed by both processes for one more epoch: what rank 0 reads of the run folder (finished?
+    # best AP, the last epoch logged?) reaches rank 1, and the ranks stay identical
+    _spawn(_config(square_shapes, tmp_path / "ddp", "train.sync_bn=true", "train.epochs=3"), tmp_path, resume=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3]
 
 
 def test_one_step_gradient_equals_one_process(tmp_path, square_shapes, monkeypatch):

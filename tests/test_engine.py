@@ -138,6 +138,40 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth"]
 
 
+def test_a_failed_checkpoint_write_says_why(tmp_path, monkeypatch):
+    """torch's writer hides errno ("unexpected pos ..."): the message says what the numbers show
+    (a file-size limit, a full disk), and the previous checkpoint stays as it was."""
+    import resource
+    import shutil as shutil_module
+    from types import SimpleNamespace
+    path = save_checkpoint(tmp_path / "checkpoint.pth", {"epoch": 1})
+    before = path.read_bytes()
+
+    def torn(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torn)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (10000, 10000))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pth: the file-size limit \(ulimit -f\) of 10000 bytes"):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY,) * 2)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: SimpleNamespace(total=100, used=100, free=0))
+    with pytest.raises(CheckpointError, match=r"the disk is full .*previous checkpoint.pth, if any, is unchanged"):
+        save_checkpoint(path, {"epoch": 2})
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["checkpoint.pth"]
+
+
+def test_non_finite_weights_are_refused_on_load(tmp_path, micro_cfg):
+    from msdetr_lite.models import build_model
+    model = build_model(micro_cfg())
+    state = model.state_dict()
+    next(v for v in state.values() if v.is_floating_point())[0] = float("inf")
+    save_checkpoint(tmp_path / "final.pth", {"model": state, "config": preset("tiny").to_dict()})
+    with pytest.raises(CheckpointError, match=r"final.pth holds non-finite weights \(NaN / inf in 1 tensor"):
+        load_model_from_checkpoint(tmp_path / "final.pth", device="cpu")
+
+
 # ---------------------------------------------------------------- training runs
 def _records(run_dir, kind=None):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -219,20 +253,30 @@ def test_train_outputs_and_resume_equality(tmp_path, shapes_root):
 
 
 # ---------------------------------------------------------------- the run directory
-@pytest.mark.parametrize("extra", [(), ("train.epochs=0",)])
-def test_existing_run_is_never_overwritten_silently(tmp_path, shapes_root, extra):
+@pytest.mark.parametrize("files, extra", [
+    ({"metrics.jsonl": b'{"type": "epoch", "epoch": 1}\n', "final.pth": b"the old weights"}, ()),
+    # a folder holding only a run's results is a run too: they are not replaced silently
+    ({"eval.json": b'{"final": {"AP": 0.5}}\n', "config.json": b"{}\n"}, ()),
+    ({"epoch_2.pth": b"a snapshot"}, ("train.keep_snapshots=true",)),
+])
+def test_existing_run_is_never_overwritten_silently(tmp_path, shapes_root, files, extra):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"type": "epoch", "epoch": 1}\n')
-    (run / "final.pth").write_bytes(b"the old weights")
+    for name, data in files.items():
+        (run / name).write_bytes(data)
     with pytest.raises(rundir.RunDirError) as err:
         engine.train(micro_train_config(shapes_root, run, *extra), progress=False)
     message = str(err.value)
     assert str(run) in message and "--resume" in message and "--overwrite" in message
-    assert (run / "final.pth").read_bytes() == b"the old weights"
-    assert (run / "metrics.jsonl").read_text() == '{"type": "epoch", "epoch": 1}\n'
+    assert all(name in message for name in files)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != rundir.LOCK} == files
     with pytest.raises(ConfigError, match="exclude each other"):
         engine.train(micro_train_config(shapes_root, run), resume=True, overwrite=True, progress=False)
+
+
+def test_zero_epochs_is_refused():
+    with pytest.raises(ConfigError, match=r"train.epochs=0: must be >= 1"):
+        apply_overrides(preset("tiny"), ["train.epochs=0"])
 
 
 def test_overwrite_replaces_the_run_and_clears_orphans(tmp_path, shapes_root):
@@ -241,11 +285,12 @@ def test_overwrite_replaces_the_run_and_clears_orphans(tmp_path, shapes_root):
     (run / "checkpoint.pth").write_bytes(b"old")
     (run / "eval.json").write_text("{}")
     (run / ".checkpoint.pth.tmp-4242").write_bytes(b"half a checkpoint")   # a killed write
-    summary = engine.train(micro_train_config(shapes_root, run, "train.epochs=0"), overwrite=True, progress=False)
-    assert not (run / "checkpoint.pth").exists()                       # the old run's files are gone
+    summary = engine.train(micro_train_config(shapes_root, run, "train.epochs=1", "train.max_steps_per_epoch=1"),
+                           overwrite=True, progress=False)
+    assert load_checkpoint(run / "checkpoint.pth")["epoch"] == 1        # the old run's files are replaced
     assert not (run / ".checkpoint.pth.tmp-4242").exists()
-    assert json.loads((run / "eval.json").read_text())["epoch"] == 0 and summary["steps"] == 0
-    assert (run / "final.pth").is_file() and _records(run) == []
+    assert json.loads((run / "eval.json").read_text())["epoch"] == 1 and summary["steps"] == 1
+    assert (run / "final.pth").is_file() and [r["epoch"] for r in _records(run, "epoch")] == [1]
 
 
 def test_o2m_last_epoch_switches_the_o2m_branch_off(tmp_path, shapes_root):
@@ -388,15 +433,63 @@ def test_keyboard_interrupt_keeps_checkpoint(tmp_path, shapes_root, monkeypatch,
         engine.train(cfg, progress=False)
     assert load_checkpoint(tmp_path / "int" / "checkpoint.pth")["epoch"] == 1
     captured = capsys.readouterr()
-    assert "--resume" in captured.out + captured.err
+    assert "--resume" in captured.out + captured.err and "while training epoch 2" in captured.out + captured.err
     assert [p.name for p in (tmp_path / "int").iterdir() if ".tmp-" in p.name] == []
+
+
+def _comparable(records):
+    """Epoch records without what the clock and the process measure."""
+    return [{k: v for k, v in r.items() if k not in ("epoch_time", "eval_time", "peak_mem_mb")} for r in records]
+
+
+def test_interrupted_evaluation_loses_no_training(tmp_path, shapes_root, monkeypatch, capsys):
+    """The checkpoint is written before the epoch's evaluation: Ctrl-C during it keeps the epoch's
+    training, the message names the epoch being evaluated, and --resume evaluates and logs that
+    epoch first, ending where an uninterrupted run ends."""
+    straight = engine.train(micro_train_config(shapes_root, tmp_path / "a"), progress=False)
+    evaluate = engine._evaluate
+    calls = []
+
+    def interrupted_second(run, progress):
+        calls.append(run.epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(run, progress)
+
+    monkeypatch.setattr(engine, "_evaluate", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(micro_train_config(shapes_root, tmp_path / "b"), progress=False)
+    monkeypatch.undo()
+    captured = capsys.readouterr()
+    assert "interrupted while evaluating epoch 2" in captured.out + captured.err
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pth")["epoch"] == 2 and calls == [1, 2]
+    assert [r["epoch"] for r in _records(tmp_path / "b", "epoch")] == [1]
+    assert not (tmp_path / "b" / "final.pth").exists()
+
+    resumed = engine.train(micro_train_config(shapes_root, tmp_path / "b"), resume=True, progress=False)
+    a, b = _params(straight["model"]), _params(resumed["model"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _comparable(_records(tmp_path / "b", "epoch")) == _comparable(_records(tmp_path / "a", "epoch"))
+    assert resumed["eval"] == straight["eval"] and resumed["best_epoch"] == straight["best_epoch"]
+    assert json.loads((tmp_path / "b" / "eval.json").read_text())["final"] == straight["eval"]["final"]
+
+
+def test_resume_of_a_finished_run_writes_nothing(tmp_path, shapes_root, capsys):
+    run = tmp_path / "run"
+    engine.train(micro_train_config(shapes_root, run, "train.epochs=1"), progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    summary = engine.train(micro_train_config(shapes_root, run, "train.epochs=1", "train.lr=1e-3"), resume=True,
+                           progress=False)
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert summary["eval"]["final"] == json.loads(before["eval.json"])["final"]
 
 
 def test_keep_metrics_before_drops_unfinished_epochs(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    records = [{"type": "step", "epoch": 1, "step": 1}, {"type": "epoch", "epoch": 1, "step": 2},
+    records = [{"type": "step", "epoch": 1, "iter": 0, "step": 1}, {"type": "epoch", "epoch": 1, "step": 2},
                {"type": "resume", "epoch": 1, "step": 2, "changed": {"train.lr": [1e-4, 5e-5]}},
-               {"type": "step", "epoch": 2, "step": 3}]
+               {"type": "step", "epoch": 2, "iter": 0, "step": 3}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
     rundir.keep_metrics_before(path, 1)
     assert [json.loads(line) for line in path.read_text().splitlines()] == records[:3]

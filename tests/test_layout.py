@@ -44,6 +44,9 @@ FLOORS = [
     # the shapes generator's knobs: data (floor 1), kept outside data/ so the CLI parser reads them
     # without importing torch
     ("msdetr_lite.shapes_knobs", 1),
+    # what a user can fix (every floor's errors derive from it, and the CLI's boundary) and what a
+    # command may replace (the shapes generator asks it too): below everything that uses them
+    ("msdetr_lite.errors", 1), ("msdetr_lite.outputs", 1),
 ]
 
 

@@ -104,9 +104,27 @@ def test_load_run_folder(tmp_path):
     assert runs.as_run(run) is run
 
 
+def test_a_torn_last_line_is_skipped_and_reported(tmp_path):
+    """A kill or a full disk during a write leaves the last line cut short: readers skip it with a
+    warning; a bad line anywhere else is still an error naming it."""
+    recs = _records()
+    good = "".join(json.dumps(r) + "\n" for r in recs)
+    for torn in ('{"type": "step", "epo', '{"type": "step", "epo\n\n'):
+        (tmp_path / "metrics.jsonl").write_text(good + torn)
+        with pytest.warns(runs.TornRecordWarning, match=r"metrics.jsonl:\d+: skipped a torn last line"):
+            assert load_run(tmp_path).records == recs
+    (tmp_path / "metrics.jsonl").write_text('{"type": "step", "epo\n' + good)
+    with pytest.raises(runs.RunFileError, match=r"metrics.jsonl:1 is not a JSON record"):
+        load_run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(good)
+    (tmp_path / "eval.json").write_text('{"final": {"AP": "high"}}')
+    with pytest.raises(runs.RunFileError, match=r"eval.json: 'final' must map metric names to numbers"):
+        load_run(tmp_path)
+
+
 def test_load_run_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         load_run(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text('{"type": "step"}\nnot json\n')
+    (tmp_path / "metrics.jsonl").write_text('{"type": "resume"}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         load_run(tmp_path)

@@ -220,7 +220,7 @@ def test_msdetr_data_shapes_reports_a_bad_value_in_one_line_exit_2(tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["data", "shapes", "--out", str(tmp_path / "x"), "--variant", "dense", "--max-objects", "50"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err == ["msdetr data: error: max_objects must be in 1..40, got 50"]
+    assert exit_info.value.code == 2 and err == ["msdetr data shapes: error: max_objects must be in 1..40, got 50"]
     assert not (tmp_path / "x").exists()
 
 

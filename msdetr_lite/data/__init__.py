@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .coco import PROJECT_ROOT, CocoDetection, coco_from_dict
+from .coco import PROJECT_ROOT, CocoDetection, check_same_categories, coco_from_dict
 from .loaders import build_train_loader, build_val_loader, collate
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, make_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, check_resizable, denormalize, make_transforms
 from .validation import DataError, ValidationReport, inspect_image, load_coco_json, to_rgb
 
 __all__ = [
     "CocoDetection", "build_dataset", "collate", "resolve_root", "split_paths", "base_dataset",
     "make_transforms", "build_transforms", "denormalize", "load_coco_json", "coco_from_dict",
     "IMAGENET_MEAN", "IMAGENET_STD", "build_train_loader", "build_val_loader", "DataError", "ValidationReport",
-    "to_rgb", "inspect_image",
+    "to_rgb", "inspect_image", "check_same_categories",
 ]
 
 _GENERATE_HINT = ("generate the embedded dataset with `python -m msdetr_lite data shapes --out data/shapes` "
@@ -55,12 +55,18 @@ def split_paths(data_cfg, split: str) -> tuple[Path, Path]:
 
 def build_dataset(data_cfg, split: str, transforms="default") -> CocoDetection:
     """The dataset of `split` described by a `DataConfig` (root, train_split / val_split,
-    train_scales, val_size, max_size, random_crop, max_images). transforms="default" builds
-    the split's pipeline from the config; pass None or another callable to override."""
+    train_scales, val_size, max_size, random_crop, max_images, allow_outside_paths).
+    transforms="default" builds the split's pipeline from the config (and checks that every
+    image can be resized by it); pass None or another callable to override."""
     img_folder, ann_file = split_paths(data_cfg, split)
-    if isinstance(transforms, str) and transforms == "default":
+    default = isinstance(transforms, str) and transforms == "default"
+    if default:
         transforms = build_transforms(data_cfg, split)
-    return CocoDetection(img_folder, ann_file, transforms=transforms, max_images=data_cfg.max_images)
+    ds = CocoDetection(img_folder, ann_file, transforms=transforms, max_images=data_cfg.max_images,
+                       allow_outside_paths=getattr(data_cfg, "allow_outside_paths", False))
+    if default:
+        check_resizable(ds, data_cfg, split)
+    return ds
 
 
 def base_dataset(dataset: Dataset) -> Dataset:

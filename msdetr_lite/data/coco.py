@@ -4,6 +4,7 @@
                        transforms=make_transforms("val", val_size=128))
     image, target = ds[0]     # image float [3, H, W]; target as in docs/design.md
     ds.report.summary()       # "val: dropped 3 boxes (2 zero-size, 1 NaN), clipped 5"
+    check_same_categories(train.categories, "train", ds.categories, "val")   # else DataError naming both
 
 Target of one image (docs/design.md, "Batch in"):
     labels    int64 [G]      contiguous 0..C-1 (category ids sorted ascending)
@@ -34,7 +35,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as F
 
-from .validation import DataError, check_image_files, clean_annotations, load_coco_json, to_rgb
+from .validation import DataError, check_image_files, clean_annotations, image_path, load_coco_json, to_rgb
 
 # the repository root (msdetr_lite/data/coco.py -> ../../..): relative data roots such as the
 # default "data/shapes" are also looked up here, so notebooks can run from any folder
@@ -48,6 +49,24 @@ def coco_from_dict(data: dict) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _listed(cats: list[dict]) -> str:
+    shown = ", ".join(f"{c['id']} {c['name']}" for c in cats[:10])
+    return f"[{shown}{f', ... ({len(cats)} in all)' if len(cats) > 10 else ''}]"
+
+
+def check_same_categories(a: list[dict], a_name: str, b: list[dict], b_name: str) -> None:
+    """DataError unless the category lists `a` and `b` ([{"id", "name"}] in label order, e.g.
+    `dataset.categories`) are the same ids with the same names in the same order: labels are
+    matched by position, so any difference would score one class as another."""
+    pairs = [(c["id"], str(c["name"])) for c in a], [(c["id"], str(c["name"])) for c in b]
+    if pairs[0] == pairs[1]:
+        return
+    at = next((i for i, (x, y) in enumerate(zip(*pairs)) if x != y), min(map(len, pairs)))
+    raise DataError(f"the categories of {b_name} differ from those of {a_name} (labels are matched by "
+                     f"position: the same ids, names and order are needed; first difference at label {at}): "
+                     f"{a_name} lists {_listed(a)}, {b_name} lists {_listed(b)}")
 
 
 def _split_name(ann_file: Path) -> str:
@@ -67,6 +86,8 @@ class CocoDetection(Dataset):
         and only they are in `coco`.
     check_files: run `inspect_image` on every image at construction (errors then come on load,
         still naming the file; EXIF orientation is then never applied).
+    allow_outside_paths: read file_names that are absolute or lead outside img_folder (otherwise
+        a DataError, see `validation.image_path`).
 
     Attributes: coco (pycocotools COCO over the cleaned annotations of the dataset's images: the
     evaluation ground truth), ids (image ids, dataset order), num_classes, class_names,
@@ -75,8 +96,9 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, img_folder: str | Path, ann_file: str | Path, transforms: Optional[Callable] = None,
-                 max_images: int = 0, check_files: bool = True):
+                 max_images: int = 0, check_files: bool = True, allow_outside_paths: bool = False):
         self.img_folder = Path(img_folder)
+        self.allow_outside_paths = allow_outside_paths
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         data = load_coco_json(self.ann_file)
@@ -95,8 +117,8 @@ class CocoDetection(Dataset):
         self.coco = coco_from_dict(cleaned)
         infos = [self.coco.imgs[i] for i in self.ids]
         # the ids of the images to EXIF-rotate on load
-        self._rotate = (check_image_files(self.img_folder, self.ann_file, infos, self.report) if check_files
-                        else frozenset())
+        self._rotate = (check_image_files(self.img_folder, self.ann_file, infos, self.report, allow_outside_paths)
+                        if check_files else frozenset())
         self._boxes, self._labels = self._training_targets()
         if self.report.changed:
             warnings.warn(self.report.summary(), stacklevel=2)
@@ -104,6 +126,11 @@ class CocoDetection(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.label_to_cat_id)
+
+    @property
+    def categories(self) -> list[dict]:
+        """[{"id", "name"}] in label order (what `check_same_categories` compares)."""
+        return [{"id": i, "name": n} for i, n in zip(self.label_to_cat_id, self.class_names)]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -133,7 +160,7 @@ class CocoDetection(Dataset):
         """The file of image `index` as an RGB PIL image of the json's width x height: EXIF-rotated
         where the build decided so, converted by `to_rgb`. Errors name the file."""
         info = self.image_info(index)
-        path = self.img_folder / info["file_name"]
+        path = image_path(self.img_folder, info["file_name"], self.allow_outside_paths)
         try:
             with Image.open(path) as im:
                 im.load()

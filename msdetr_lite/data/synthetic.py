@@ -32,13 +32,17 @@ Harder variants: difficulty knobs (objects per image up to 40, up to 14 classes,
 
 At the default knobs every image makes exactly the random draws it always made, so the
 embedded data/shapes comes out byte for byte (tests/test_shapes_variants.py).
+
+Nothing is lost: the dataset is drawn into a temporary folder and moved into place when complete;
+only a dataset this generator wrote (recorded in out/.msdetr-outputs.json, unchanged since) is
+replaced without `overwrite=True` (`--overwrite`), and sizes that cannot fit in memory or that
+Pillow would not open are refused before drawing (data/shapes_output.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import re
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,9 +51,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from msdetr_lite.shapes_knobs import VARIANTS  # noqa: F401 (re-exported: synthetic.VARIANTS)
+from msdetr_lite.errors import guarded
 from msdetr_lite.shapes_knobs import SHAPE_NAMES, Knobs, add_knob_arguments, knobs_from_args, variant_knobs
 
 from .shapes_geometry import _draw_shape, _geom_extent, _overlap_ok, _shape_outline
+from .shapes_output import OWNER, check_arguments, file_names, write_dataset  # noqa: F401 (OWNER re-exported)
 
 CLASS_NAMES = SHAPE_NAMES[:4]            # the embedded set's classes (num_classes=4)
 
@@ -70,7 +76,6 @@ OBJ_IDX = range(len(_BG), len(_BG) + len(_OBJ))
 STROKE_IDX = range(len(_BG) + len(_OBJ), len(PALETTE))
 
 _SPLIT_CODE = {"train": 0, "val": 1}
-_FILE_RE = re.compile(r"^\d{6}\.png$")
 
 
 def _palette_bytes() -> list[int]:
@@ -212,7 +217,8 @@ def _image_size(rng: np.random.Generator, image_size: int, aspect_jitter: float)
 
 def generate_split(out_dir: str | Path, split: str, n: int, image_size: Optional[int] = None, seed: int = 0,
                    aspect_jitter: Optional[float] = None, *, variant: str = "default", **knobs) -> dict:
-    """Write `n` images to out_dir/split/ and return the COCO dict (not yet written).
+    """Write `n` images to out_dir/split/ (replacing files of the same name) and return the COCO
+    dict (not yet written). `generate` is the checked entry point, which writes nothing it may not.
 
     variant: a name of VARIANTS; image_size, aspect_jitter and `knobs` (any field of Knobs:
     min_objects, max_objects, num_classes, min_size, max_size, max_iou, max_cover, max_inside)
@@ -223,10 +229,6 @@ def generate_split(out_dir: str | Path, split: str, n: int, image_size: Optional
     chosen = variant_knobs(variant, image_size=image_size, aspect_jitter=aspect_jitter, **knobs)
     img_dir = Path(out_dir) / split
     img_dir.mkdir(parents=True, exist_ok=True)
-    keep = {f"{i:06d}.png" for i in range(1, n + 1)}
-    for p in img_dir.iterdir():                     # stale images of a larger earlier run
-        if _FILE_RE.match(p.name) and p.name not in keep:
-            p.unlink()
     return coco_split(split, n, seed, chosen, variant, img_dir)
 
 
@@ -266,31 +268,36 @@ def coco_split(split: str, n: int, seed: int = 0, knobs: Knobs = _DEFAULT, varia
 
 def generate(out_dir: str | Path = "data/shapes", n_train: int = 1200, n_val: int = 200,
              image_size: Optional[int] = None, seed: int = 0, aspect_jitter: Optional[float] = None,
-             progress: bool = False, *, variant: str = "default", **knobs) -> dict:
+             progress: bool = False, overwrite: bool = False, *, variant: str = "default", **knobs) -> dict:
     """Generate the dataset into out_dir (COCO layout, split names "train" and "val").
 
     variant: a name of VARIANTS ("default": the embedded data/shapes, byte for byte); image_size,
     aspect_jitter and `knobs` (any field of Knobs: min_objects, max_objects, num_classes, min_size,
     max_size, max_iou, max_cover, max_inside) override the variant's values (None: the variant's).
-    Bad values raise a ValueError naming the knob, before anything is written.
+    Bad values raise a UsageError (a ValueError) naming the knob, sizes that cannot be drawn or
+    read one saying why, and a folder holding what this generator did not write an OutputError
+    (unless `overwrite`), all before anything is drawn (data/shapes_output.py).
 
     Returns a summary {"out_dir", "images": {split: n}, "annotations": {split: n}, "bytes", "seconds"}.
     """
-    if n_train < 0 or n_val < 0:
-        raise ValueError("n_train and n_val must be >= 0")
-    knobs = variant_knobs(variant, image_size=image_size, aspect_jitter=aspect_jitter, **knobs).as_dict()
+    chosen = variant_knobs(variant, image_size=image_size, aspect_jitter=aspect_jitter, **knobs)
+    check_arguments(n_train, n_val, chosen, seed)
+    knobs = chosen.as_dict()
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    summary = {"out_dir": str(out), "images": {}, "annotations": {}}
-    for split, n in (("train", n_train), ("val", n_val)):
-        if progress:
-            print(f"generating {n} {split} images into {out / split}")
-        coco = generate_split(out, split, n, seed=seed, variant=variant, **knobs)
-        with open(out / "annotations" / f"instances_{split}.json", "w") as f:
-            json.dump(coco, f, separators=(",", ":"))
-        summary["images"][split] = len(coco["images"])
-        summary["annotations"][split] = len(coco["annotations"])
+    summary = {"out_dir": str(Path(out_dir)), "images": {}, "annotations": {}}
+
+    def draw(tmp: Path) -> None:
+        (tmp / "annotations").mkdir()
+        for split, n in (("train", n_train), ("val", n_val)):
+            if progress:
+                print(f"generating {n} {split} images into {Path(out_dir) / split}")
+            coco = generate_split(tmp, split, n, seed=seed, variant=variant, **knobs)
+            with open(tmp / "annotations" / f"instances_{split}.json", "w") as f:
+                json.dump(coco, f, separators=(",", ":"))
+            summary["images"][split] = len(coco["images"])
+            summary["annotations"][split] = len(coco["annotations"])
+
+    out = write_dataset(out_dir, file_names(n_train, n_val), overwrite, draw)
     summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
@@ -406,12 +413,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n-train", type=int, default=1200, help="training images (default 1200)")
     parser.add_argument("--n-val", type=int, default=200, help="validation images (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out that this command did not write")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     return add_knob_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
     summary = generate(args.out, n_train=args.n_train, n_val=args.n_val, seed=args.seed, progress=True,
-                       **knobs_from_args(args))
+                       overwrite=args.overwrite, **knobs_from_args(args))
     print(f"wrote {summary['images']['train']} train / {summary['images']['val']} val images "
           f"({summary['annotations']['train']} / {summary['annotations']['val']} boxes) to "
           f"{summary['out_dir']}: {summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s")
@@ -426,21 +436,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="print the statistics of --n-val val images of these variants (default: --variant) "
                              "with the knob flags applied, as a markdown table; writes nothing")
     args = parser.parse_args(argv)
-    try:
-        knobs = knobs_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    if args.stats is None:
-        run(args)
+
+    def command() -> int:
+        knobs = knobs_from_args(args)              # a bad knob: UsageError, before anything is written
+        if args.stats is None:
+            run(args)
+            return 0
+        given = {k: v for k, v in knobs.items() if k != "variant"}
+        print(statistics_table({name: variant_statistics(name, args.n_val, args.seed, **given)
+                                for name in args.stats or [args.variant]}))
         return 0
-    given = {k: v for k, v in knobs.items() if k != "variant"}
-    try:
-        rows = {name: variant_statistics(name, args.n_val, args.seed, **given)
-                for name in args.stats or [args.variant]}
-    except ValueError as e:
-        parser.error(str(e))
-    print(statistics_table(rows))
-    return 0
+    # one line per problem, exit 2, as `msdetr data shapes`
+    return guarded(parser.prog, command, debug=args.debug)
 
 
 if __name__ == "__main__":

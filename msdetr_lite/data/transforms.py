@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_MIN = 0.6                 # random_crop keeps 60-100% of each side (DETR's RandomSizeCrop, in fractions)
 
 
 class RandomSizeCrop(v2.Transform):
@@ -97,7 +98,7 @@ def make_transforms(split: str, train_scales: Sequence[int] = (800,), val_size: 
         steps.append(v2.RandomHorizontalFlip(p=0.5))
         if random_crop:
             # Half the samples are cropped first: objects get larger and partially cut, as in DETR.
-            steps.append(v2.RandomChoice([resize, v2.Compose([RandomSizeCrop(0.6, 1.0), resize])]))
+            steps.append(v2.RandomChoice([resize, v2.Compose([RandomSizeCrop(CROP_MIN, 1.0), resize])]))
         else:
             steps.append(resize)
         # After a crop some boxes are empty (clipped to zero width); drop them with their labels.
@@ -114,6 +115,29 @@ def build_transforms(data_cfg, split: str) -> v2.Compose:
     """The pipeline for `split` from a `DataConfig` (train_scales, val_size, max_size, random_crop)."""
     return make_transforms(split, train_scales=tuple(data_cfg.train_scales), val_size=data_cfg.val_size,
                            max_size=data_cfg.max_size, random_crop=data_cfg.random_crop)
+
+
+def check_resizable(dataset, data_cfg, split: str) -> None:
+    """DataError listing the images of `dataset` (json width x height) whose shorter side the
+    split's resize would make 0 px: the longer side is capped at data.max_size, so an image more
+    than max_size times longer than wide (or wide than long; after a crop to CROP_MIN of its
+    shorter side with data.random_crop) cannot be resized (torchvision: int(short * max_size / long))."""
+    from .validation import DataError
+    max_size = data_cfg.max_size
+    if not max_size or max_size <= 0:
+        return
+    crop = CROP_MIN if split == "train" and data_cfg.random_crop else 1.0
+    bad = []
+    for i in range(len(dataset)):
+        info = dataset.image_info(i)
+        short, long = sorted((info["width"], info["height"]))
+        if max(1, round(short * crop)) * max_size < long:
+            bad.append(f"{info['file_name']} ({info['width']}x{info['height']})")
+    if bad:
+        raise DataError(f"{len(bad)} image(s) of {dataset.ann_file} are too elongated for data.max_size={max_size}"
+                        f"{' with data.random_crop' if crop < 1 else ''}: their shorter side would be resized to "
+                        f"0 px: {', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; raise data.max_size or "
+                        f"leave them out of the annotation file")
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,12 @@ result:
   (`dataset.coco`), so a perfect detector scores AP 1.0. Crowd boxes (iscrowd=1) get the same
   rules, never enter the training targets, and stay in `dataset.coco` as COCO's "ignore" regions.
 * The image files (`inspect_image`, a header check that decodes no pixels except for a JPEG not
-  ending in its end-of-image marker): missing, unreadable or truncated files, unsupported modes
-  and a size differing from the json's raise ONE error listing the first few files and how many
-  in all. Convertible modes are converted on load (`to_rgb`): palette / grey / LA / CMYK / RGBA
+  ending in its end-of-image marker; for a split of at most FULL_DECODE_PIXELS pixels in all,
+  such as the shapes set, every file is also decoded fully, so a file damaged in the middle
+  fails here and not mid-epoch; in a larger split such a file fails on load, naming it): missing,
+  unreadable, truncated or damaged files, unsupported modes, a size differing from the json's and
+  a file_name leading outside the image folder (`image_path`) raise ONE error listing the first
+  few files and how many in all. Convertible modes are converted on load (`to_rgb`): palette / grey / LA / CMYK / RGBA
   to RGB, 16-bit grey ("I;16*", "I") scaled to 8 bits by 255 / 65535.
 * EXIF orientation: boxes refer to the pixel array the json's width/height describe. A file whose
   orientation swaps the axes (5-8) and whose *rotated* size is the json's is rotated on load
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +50,10 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from msdetr_lite.errors import UserError
+
 __all__ = ["DataError", "load_coco_json", "ValidationReport", "clean_annotations", "ImageCheck", "to_rgb",
-           "inspect_image", "check_image_files"]
+           "inspect_image", "check_image_files", "image_path", "FULL_DECODE_PIXELS"]
 
 _IMAGE_FIELDS = ("id", "file_name", "width", "height")
 _ANN_FIELDS = ("id", "image_id", "category_id", "bbox")
@@ -58,13 +64,14 @@ _RGB_CONVERTIBLE = frozenset({"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA"
                               "CMYK", "YCbCr"})
 # 16-bit grey as Pillow opens it (PNG / TIFF); "I" is 32-bit int holding 16-bit samples
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+FULL_DECODE_PIXELS = 100_000_000                 # splits up to this many pixels are decoded at build (~1 s)
 _ORIENTATION_TAG = 0x0112                        # EXIF Orientation
 _SWAPS_AXES = frozenset({5, 6, 7, 8})            # orientations that exchange width and height
 
 
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file (annotation json or image) that cannot be used; the message names the file."""
 
 
@@ -370,11 +377,13 @@ def _jpeg_is_complete(path: Path) -> bool:
         return f.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
 
 
-def _decode_error(path: Path) -> Optional[str]:
-    """Decode the file (a JPEG at 1/8 scale: all its data is still read) -> the error, or None."""
+def _decode_error(path: Path, full: bool = False) -> Optional[str]:
+    """Decode the file (a JPEG at 1/8 scale unless `full`: all its data is still read) -> the
+    error, or None."""
     try:
         with Image.open(path) as im:
-            im.draft(im.mode, (1, 1))
+            if not full:
+                im.draft(im.mode, (1, 1))
             im.load()
     except Exception as e:              # PIL raises OSError, SyntaxError, EOFError, ... for bad data
         return f"{type(e).__name__}: {e}"
@@ -394,12 +403,12 @@ def _size_decision(stored: tuple[int, int], orientation: int, json_size: tuple[i
                               f"{json_size[0]}x{json_size[1]}")
 
 
-def inspect_image(path: Path, width: int, height: int) -> ImageCheck:
+def inspect_image(path: Path, width: int, height: int, decode: bool = False) -> ImageCheck:
     """Header check of one image file against the json's `width` x `height`: exists, PIL reads
     its header, mode convertible by `to_rgb`, size (after EXIF rotation where that is what the
     json describes), not truncated (PNG: chunk CRCs up to IEND via `verify`; JPEG: the
     end-of-image marker, with a full decode only when it is missing). No pixels are decoded on
-    the normal path."""
+    the normal path; `decode=True` also decodes the whole file (damage in the middle)."""
     if not path.is_file():
         return ImageCheck(problem="missing")
     try:
@@ -419,23 +428,46 @@ def inspect_image(path: Path, width: int, height: int) -> ImageCheck:
     if mode not in _RGB_CONVERTIBLE and mode not in _SIXTEEN_BIT:
         return ImageCheck(problem=f"mode {mode!r} is not supported (convert it to 8-bit RGB)")
     check = _size_decision(stored, orientation, (width, height))
+    if check.problem is None and decode:
+        err = _decode_error(path, full=True)
+        if err is not None:
+            return ImageCheck(problem=f"damaged ({err})")
     if check.problem is None and mode in _SIXTEEN_BIT:
         notes = [n for n in (check.note, "16-bit scaled to 8 bits") if n]
         check = ImageCheck(rotate=check.rotate, note=" and ".join(notes))
     return check
 
 
-def check_image_files(img_folder: Path, ann_file: Path, infos: list[dict],
-                      report: ValidationReport) -> frozenset[int]:
-    """`inspect_image` on every image (json entries `infos`: id, file_name, width, height); raises
-    one error listing the bad files (FileNotFoundError if all are missing, else DataError).
-    Returns the ids of the images to EXIF-rotate on load; conversions are counted in `report`."""
+def image_path(img_folder: Path, file_name: str, allow_outside: bool = False) -> Path:
+    """img_folder / file_name. A file_name that is absolute or leads outside img_folder (through
+    "..") is a DataError unless `allow_outside` (data.allow_outside_paths): an annotation file must
+    not make the library read files elsewhere. Symbolic links inside the folder are followed."""
+    joined = os.path.normpath(os.path.join(img_folder, file_name))
+    inside = os.path.normpath(img_folder)
+    if not allow_outside and (os.path.isabs(file_name) or not joined.startswith(inside.rstrip(os.sep) + os.sep)):
+        raise DataError(f"file_name {file_name!r} leads outside the image folder {img_folder}; only paths "
+                         f"inside it are read (data.allow_outside_paths=true allows others)")
+    return Path(joined)
+
+
+def check_image_files(img_folder: Path, ann_file: Path, infos: list[dict], report: ValidationReport,
+                      allow_outside: bool = False) -> frozenset[int]:
+    """`inspect_image` on every image (json entries `infos`: id, file_name, width, height; a
+    split of at most FULL_DECODE_PIXELS pixels is decoded fully); raises one error listing the
+    bad files (FileNotFoundError if all are missing, else DataError). Returns the ids of the
+    images to EXIF-rotate on load; conversions are counted in `report`."""
     if not img_folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {img_folder} (annotations: {ann_file})")
+    decode = sum(info["width"] * info["height"] for info in infos) <= FULL_DECODE_PIXELS
     bad: list[tuple[str, str]] = []
     rotate = set()
     for info in infos:
-        check = inspect_image(img_folder / info["file_name"], info["width"], info["height"])
+        try:
+            path = image_path(img_folder, info["file_name"], allow_outside)
+        except DataError:
+            bad.append((info["file_name"], "outside the image folder (data.allow_outside_paths=true allows it)"))
+            continue
+        check = inspect_image(path, info["width"], info["height"], decode=decode)
         if check.problem is not None:
             bad.append((info["file_name"], check.problem))
             continue

@@ -3,7 +3,8 @@ budget and seed, both evaluated (NMS-free and with NMS, candidate quality), and 
 
     run_demo("runs/demo", epochs=6)          # returns {"report", "summaries", "candidates", "nms", "seconds"}
 
-A finished run of the same configuration is reused. The figures come from `msdetr_lite.viz`, the
+A finished run of the same configuration is reused, an interrupted one resumed; the demo replaces
+only what it wrote in `out` (`msdetr_lite.outputs`), anything else stops it before any work. The figures come from `msdetr_lite.viz`, the
 tables and sentences from `msdetr_lite.lab.readings`, the comparison files from `lab.compare`.
 """
 from __future__ import annotations
@@ -14,54 +15,65 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import viz
-from .compare import compare_runs
+from ..outputs import OutputError, check_replace, record
+from .compare import COMPARE_FILES, compare_runs
 from .readings import NMS_IOU, candidate_table, describe_nms_comparison, nms_rows, summary_table
 
 
-def _finished_with(run_dir: Path, cfg) -> bool:
-    """Whether run_dir holds a finished run (eval.json) trained with exactly `cfg`."""
-    if not (run_dir / "eval.json").is_file() or not (run_dir / "config.json").is_file():
-        return False
-    return json.loads((run_dir / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
+DEMO_FILES = ("eval_nms.json", "ap_nms.png", "candidates.json", "candidates.png", "detections.png", "report.md")
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_root: str = "data/shapes",
              preset_name: str = "tiny", seed: int = 42, overrides: Sequence[str] = (),
-             progress: bool = True) -> dict:
+             progress: bool = True, overwrite: bool = False) -> dict:
     """Generate the shapes data if missing, train MS-DETR (`ms`) and the `o2o` baseline with the
-    same budget and seed, evaluate both, and write out/report.md with plots."""
+    same budget and seed, evaluate both, and write out/report.md with plots.
+
+    out is the demo's own folder (`msdetr_lite.outputs`): runs it trained there are reused (same
+    configuration), resumed (interrupted) or replaced (another configuration), as are its report
+    files; anything else there (a run or file the demo did not write, or changed since) stops the
+    demo before any work (OutputError, every problem listed) unless `overwrite`."""
     from msdetr_lite import analysis
     from msdetr_lite.config import apply_overrides, preset
     from msdetr_lite.data import build_dataset, resolve_root
     from msdetr_lite.data.synthetic import generate
     from msdetr_lite.engine import build_val_loader, load_model_from_checkpoint, resolve_device, train
     from msdetr_lite.evaluation import evaluate
+    from msdetr_lite.rundir import plan_run, run_files
 
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     root = resolve_root(data_root)
-    if not (root / "annotations" / "instances_train.json").exists():
-        print(f"demo: generating the synthetic shapes dataset into {data_root}")
-        generate(data_root)
-        root = resolve_root(data_root)
-
-    runs = {}
+    runs, cfgs, plans, problems = {}, {}, {}, []
     for sup in ("ms", "o2o"):
-        cfg = preset(preset_name)
         opts = [f"data.root={root}", f"model.supervision={sup}", f"train.seed={seed}",
                 f"train.output_dir={out / sup}", *overrides]
         if epochs is not None:
             opts += [f"train.epochs={epochs}", f"train.lr_drop={max(1, epochs - 1)}"]
-        cfg = apply_overrides(cfg, opts)
-        runs[sup] = out / sup
-        if _finished_with(runs[sup], cfg):
+        cfgs[sup], runs[sup] = apply_overrides(preset(preset_name), opts), out / sup
+        plans[sup], refused = plan_run(runs[sup], cfgs[sup], "demo", overwrite)
+        problems += refused
+    try:
+        check_replace(out, COMPARE_FILES + DEMO_FILES, "demo", overwrite,
+                      how="pass --overwrite to replace them, or choose another --out")
+    except OutputError as e:
+        problems += e.problems
+    if problems:                                   # before any work: nothing of the user's is touched
+        raise OutputError(*problems)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (root / "annotations" / "instances_train.json").exists():
+        print(f"demo: generating the synthetic shapes dataset into {data_root}")
+        generate(data_root)
+
+    for sup, cfg in cfgs.items():
+        if plans[sup] == "reuse":
             print(f"demo: {sup} already trained with this configuration in {runs[sup]}, reused")
             continue
-        print(f"demo: training {sup} ({cfg.train.epochs} epochs)")
-        # the demo owns its --out folder: a run there with another configuration is replaced
-        train(cfg, progress=progress, overwrite=True)
-    cmp = compare_runs([runs["ms"], runs["o2o"]], out, labels=["MS-DETR (ms)", "baseline (o2o)"])
+        print(f"demo: {'resuming' if plans[sup] == 'resume' else 'training'} {sup} ({cfg.train.epochs} epochs)")
+        train(cfg, progress=progress, resume=plans[sup] == "resume", overwrite=plans[sup] == "replace")
+        record(runs[sup], run_files(cfg.train), "demo")
+    cmp = compare_runs([runs["ms"], runs["o2o"]], out, labels=["MS-DETR (ms)", "baseline (o2o)"],
+                       overwrite=overwrite, owner="demo")
 
     # candidate quality and detections of both trained models on the val set
     device = resolve_device("auto")
@@ -140,5 +152,6 @@ Runs: `{runs['ms']}`, `{runs['o2o']}` (metrics.jsonl, eval.json, final.pth). Rep
 `msdetr demo --out {out} --epochs {tc.epochs}`; compare other runs with `msdetr compare RUN... --out DIR`.
 """
     (out / "report.md").write_text(report)
+    record(out, DEMO_FILES, "demo")
     print(f"demo: wrote {out / 'report.md'} ({elapsed / 60:.1f} min)")
     return {"report": str(out / "report.md"), "summaries": s, "candidates": cand, "nms": nms, "seconds": elapsed}

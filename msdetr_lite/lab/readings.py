@@ -419,7 +419,7 @@ def benchmark_costs(path: Union[str, Path, None] = None) -> Optional[dict]:
 def summarize_run(run: Run) -> dict:
     """Final APs (x1 fractions), AP per layer, time per epoch and peak memory of a run."""
     ev = run.final_eval() or {}
-    times = [r["epoch_time"] for r in run.epochs]
+    times = [r["epoch_time"] for r in run.epochs if "epoch_time" in r]
     mems = [r.get("peak_mem_mb") for r in run.epochs if r.get("peak_mem_mb") is not None]
     final = ev.get("final", {})
     return {"name": run.name, "dir": str(run.dir), "label": run_label(run), "supervision": run.supervision,
