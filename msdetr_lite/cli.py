@@ -189,8 +189,11 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from msdetr_lite import threads
     from msdetr_lite.engine import NonFiniteLossError, train
     cfg = _config(args)
+    if cfg.train.device != "cuda":
+        threads.configure()                      # half the cores: a busy neighbour costs little (threads.py)
     try:
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                         find_unused_parameters=args.find_unused_parameters)

@@ -14,7 +14,7 @@ quiet and 0.42 s beside it (1.04x). A passive wait (OMP_WAIT_POLICY=PASSIVE) or 
 (GOMP_SPINCOUNT) does not rescue two threads: passive costs 1.7x when the machine is quiet, a
 short spin still loses 2.8x when it is not.
 
-**The policy.** `choose()`: $MSDETR_THREADS if set, else half the cores (at least 1, at most 8),
+**The policy.** `choose()`: $MSDETR_THREADS or $OMP_NUM_THREADS if set, else half the cores (1 to 8),
 so that one busy neighbour never shares a core with a training thread; on a 2-core laptop that is
 one thread, 1.5x slower than two when nothing else runs and 2.1-2.4x faster when something does.
 `msdetr train` applies it (set MSDETR_THREADS=2 on a machine you know is quiet); the zoo and the
@@ -26,20 +26,24 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from .errors import UsageError
+
 ENV_THREADS = "MSDETR_THREADS"
 
 
 def choose(default: Optional[int] = None) -> int:
-    """Threads for torch in this process: $MSDETR_THREADS, else `default`, else half the cores (1..8)."""
-    value = os.environ.get(ENV_THREADS, "").strip()
-    if value:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"{ENV_THREADS}={value!r} is not a whole number of threads") from None
-        if n < 1:
-            raise ValueError(f"{ENV_THREADS}={value!r}: at least 1 thread")
-        return n
+    """Threads for torch in this process: $MSDETR_THREADS, else $OMP_NUM_THREADS (torchrun sets it
+    to 1 per process), else `default`, else half the cores (1..8)."""
+    for var in (ENV_THREADS, "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                n = int(value)
+            except ValueError:
+                raise UsageError(f"{var}={value!r} is not a whole number of threads") from None
+            if n < 1:
+                raise UsageError(f"{var}={value!r}: at least 1 thread")
+            return n
     if default is not None:
         return max(1, int(default))
     return max(1, min(8, (os.cpu_count() or 2) // 2))

@@ -146,18 +146,20 @@ def test_lab_relative_paths():
     assert relative("data/shapes") == "data/shapes"
 
 
-def test_contention_bench_measures_every_configuration_quiet_and_busy(tmp_path):
+def test_contention_bench_measures_each_configuration_quiet_and_busy(tmp_path):
+    import os
     out = tmp_path / "contention.json"
-    text = _run("contention.py", "--steps", "2", "--json", str(out))
+    text = _run("contention.py", "--steps", "2", "--configs", "0", "4", "5", "--json", str(out))
     result = json.loads(out.read_text())
     rows = {r["configuration"]: r for r in result["rows"]}
-    assert len(rows) == 4 and "cores" in result["machine"]
+    assert list(rows) == ["2 threads, OpenMP default wait", "1 thread", "library (msdetr_lite.threads)"]
+    assert "cores" in result["machine"]
     for r in rows.values():
         assert r["quiet s/step"] > 0 and r["busy s/step"] > 0
         assert r["busy / quiet"] == round(r["busy s/step"] / r["quiet s/step"], 2)
-    library = rows["library (msdetr_lite.threads)"]
-    assert library["OMP_WAIT_POLICY"] == "PASSIVE"          # the library chose it, not this test's shell
-    assert rows["2 threads, OpenMP default wait"]["OMP_WAIT_POLICY"] == "(default)"
+    # the library chose the thread count, not this test's shell (OMP_* and MSDETR_THREADS are cleared)
+    assert rows["library (msdetr_lite.threads)"]["threads"] == max(1, min(8, (os.cpu_count() or 2) // 2))
+    assert rows["2 threads, OpenMP default wait"]["threads"] == 2 and rows["1 thread"]["OpenMP environment"] == "-"
     assert "busy / quiet" in text
 
 

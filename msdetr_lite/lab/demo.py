@@ -3,6 +3,9 @@ budget and seed, both evaluated (NMS-free and with NMS, candidate quality), and 
 
     run_demo("runs/demo", epochs=6)          # returns {"report", "summaries", "candidates", "nms", "seconds"}
 
+The two trainings run side by side, one `msdetr train` subprocess with one thread each (a progress
+bar per run, each run's output in out/<name>.log; lab/side_by_side.py): on a 2-core CPU that is
+both cores busy and no thread waiting on a descheduled partner (msdetr_lite/threads.py).
 A finished run of the same configuration is reused, an interrupted one resumed; the demo replaces
 only what it wrote in `out` (`msdetr_lite.outputs`), anything else stops it before any work. The figures come from `msdetr_lite.viz`, the
 tables and sentences from `msdetr_lite.lab.readings`, the comparison files from `lab.compare`.
@@ -17,10 +20,12 @@ from typing import Optional, Sequence
 from .. import viz
 from ..outputs import OutputError, check_replace, record
 from .compare import COMPARE_FILES, compare_runs
+from .side_by_side import train_side_by_side
 from .readings import NMS_IOU, candidate_table, describe_nms_comparison, nms_rows, summary_table
 
 
 DEMO_FILES = ("eval_nms.json", "ap_nms.png", "candidates.json", "candidates.png", "detections.png", "report.md")
+DEMO_LOGS = ("ms.log", "o2o.log")                 # each training's output (lab/side_by_side.py)
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_root: str = "data/shapes",
@@ -37,24 +42,24 @@ def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_r
     from msdetr_lite.config import apply_overrides, preset
     from msdetr_lite.data import build_dataset, resolve_root
     from msdetr_lite.data.synthetic import generate
-    from msdetr_lite.engine import build_val_loader, load_model_from_checkpoint, resolve_device, train
+    from msdetr_lite.engine import build_val_loader, load_model_from_checkpoint, resolve_device
     from msdetr_lite.evaluation import evaluate
     from msdetr_lite.rundir import plan_run, run_files
 
     t0 = time.perf_counter()
     out = Path(out)
     root = resolve_root(data_root)
-    runs, cfgs, plans, problems = {}, {}, {}, []
+    runs, cfgs, plans, problems, opts_of = {}, {}, {}, [], {}
     for sup in ("ms", "o2o"):
         opts = [f"data.root={root}", f"model.supervision={sup}", f"train.seed={seed}",
                 f"train.output_dir={out / sup}", *overrides]
         if epochs is not None:
             opts += [f"train.epochs={epochs}", f"train.lr_drop={max(1, epochs - 1)}"]
-        cfgs[sup], runs[sup] = apply_overrides(preset(preset_name), opts), out / sup
+        cfgs[sup], runs[sup], opts_of[sup] = apply_overrides(preset(preset_name), opts), out / sup, opts
         plans[sup], refused = plan_run(runs[sup], cfgs[sup], "demo", overwrite)
         problems += refused
     try:
-        check_replace(out, COMPARE_FILES + DEMO_FILES, "demo", overwrite,
+        check_replace(out, COMPARE_FILES + DEMO_FILES + DEMO_LOGS, "demo", overwrite,
                       how="pass --overwrite to replace them, or choose another --out")
     except OutputError as e:
         problems += e.problems
@@ -65,13 +70,26 @@ def run_demo(out: str | Path = "runs/demo", epochs: Optional[int] = None, data_r
         print(f"demo: generating the synthetic shapes dataset into {data_root}")
         generate(data_root)
 
+    todo = {}
     for sup, cfg in cfgs.items():
         if plans[sup] == "reuse":
             print(f"demo: {sup} already trained with this configuration in {runs[sup]}, reused")
             continue
-        print(f"demo: {'resuming' if plans[sup] == 'resume' else 'training'} {sup} ({cfg.train.epochs} epochs)")
-        train(cfg, progress=progress, resume=plans[sup] == "resume", overwrite=plans[sup] == "replace")
-        record(runs[sup], run_files(cfg.train), "demo")
+        flag = {"resume": ["--resume"], "replace": ["--overwrite"]}.get(plans[sup], [])
+        todo[sup] = [*flag, *opts_of[sup]]
+    if todo:
+        tc = cfgs[next(iter(todo))].train
+        steps = tc.epochs * (tc.max_steps_per_epoch or len(build_dataset(cfgs["ms"].data, "train")) // tc.batch_size)
+        print(f"demo: training {' and '.join(todo)} side by side, one thread each ({tc.epochs} epochs, {steps} steps "
+              f"each, an evaluation per epoch; logs in {out}/<name>.log)")
+        try:
+            walls = train_side_by_side(todo, {s: steps for s in todo}, out, {s: runs[s] for s in todo},
+                                       preset=preset_name, threads=1, progress=progress)
+        finally:                                  # the logs are the demo's, finished or not
+            record(out, [f"{s}.log" for s in todo], "demo")
+        for sup, wall in walls.items():
+            print(f"demo: {sup} trained in {wall / 60:.1f} min")
+            record(runs[sup], run_files(cfgs[sup].train), "demo")
     cmp = compare_runs([runs["ms"], runs["o2o"]], out, labels=["MS-DETR (ms)", "baseline (o2o)"],
                        overwrite=overwrite, owner="demo")
 
