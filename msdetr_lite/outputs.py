@@ -29,7 +29,7 @@ from typing import Iterable, Optional, Sequence
 
 from msdetr_lite.errors import UserError, short_path
 
-__all__ = ["MANIFEST", "OutputError", "check_replace", "check_folder", "record", "owned", "owns_folder",
+__all__ = ["MANIFEST", "OutputError", "check_replace", "check_folder", "record", "owned", "owns_folder", "file_sha256",
            "path_problem", "files_under"]
 
 MANIFEST = ".msdetr-outputs.json"
@@ -41,7 +41,8 @@ class OutputError(UserError):
     or the path cannot hold it); one problem per line."""
 
 
-def _digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -63,7 +64,7 @@ def owned(folder: Path, name: str, owner: str, entries: Optional[dict] = None) -
     entry = (_entries(folder) if entries is None else entries).get(name)
     path = folder / name
     return (isinstance(entry, dict) and entry.get("owner") == owner and path.is_file()
-            and not path.is_symlink() and entry.get("sha256") == _digest(path))
+            and not path.is_symlink() and entry.get("sha256") == file_sha256(path))
 
 
 def files_under(folder: Path) -> list[str]:
@@ -146,7 +147,7 @@ def record(folder: Path, names: Iterable[str], owner: str) -> None:
     entries = _entries(folder)
     for name in names:
         if (folder / name).is_file():
-            entries[str(name)] = {"owner": owner, "sha256": _digest(folder / name)}
+            entries[str(name)] = {"owner": owner, "sha256": file_sha256(folder / name)}
     tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps({"files": dict(sorted(entries.items()))}, indent=0) + "\n")
     os.replace(tmp, folder / MANIFEST)

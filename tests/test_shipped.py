@@ -153,3 +153,15 @@ def test_shipped_weights_fall_back_to_training_when_altered(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="holds no complete run"):
         zoo.get_checkpoint("ms", fast=False, quiet=True)
     assert trained and trained[0][0] == "ms"
+
+
+def test_a_config_field_added_since_with_its_default_keeps_the_recipe():
+    """A shipped request written before a config field existed is the same recipe as today's, as
+    long as the field's default is what it trained with; another value is another recipe."""
+    today = zoo._request(zoo.zoo_config("ms", fast=False))
+    old = json.loads(json.dumps(today))
+    del old["data"]["allow_outside_paths"]                    # added by issue 23, default False
+    assert shipped.portable_request(old) == shipped.portable_request(today)
+    other = json.loads(json.dumps(today))
+    other["data"]["allow_outside_paths"] = True
+    assert shipped.portable_request(other) != shipped.portable_request(today)

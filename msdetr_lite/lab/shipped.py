@@ -27,7 +27,6 @@ saying so.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..outputs import file_sha256
 from . import PROJECT_ROOT, relative
 
 WEIGHTS_DIR = PROJECT_ROOT / "weights"
@@ -56,18 +56,16 @@ class ShippedError(ValueError):
     """A shipped model that is missing, altered, or no longer what today's code computes."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def portable_request(request: dict) -> dict:
     """A zoo request (the run's config as a dict) without what depends on the checkout: the data
-    root becomes its path relative to the repository (`data/shapes`), the output folder goes."""
-    d = json.loads(json.dumps(request))
+    root becomes its path relative to the repository (`data/shapes`), the output folder goes.
+    Read through today's Config first, so that a field added since with its default (the
+    configuration the weights were trained with) does not make a shipped model another recipe."""
+    from ..config import Config, ConfigError
+    try:
+        d = Config.from_dict(json.loads(json.dumps(request))).to_dict()
+    except (ConfigError, TypeError, KeyError):        # a field removed or renamed since: another recipe
+        d = json.loads(json.dumps(request))
     root = Path(d["data"]["root"])
     try:
         d["data"]["root"] = str(root.resolve().relative_to(PROJECT_ROOT)) if root.is_absolute() else str(root)
@@ -88,7 +86,8 @@ def available(scheme: str, request: dict, root: Optional[Path] = None) -> bool:
     """Whether records of `scheme` trained with `request` ship (cheap: no hashing, no forward)."""
     root = WEIGHTS_DIR if root is None else Path(root)
     meta = info(scheme, root)
-    return bool(meta and meta.get("version") == VERSION and meta.get("request") == portable_request(request))
+    return bool(meta and meta.get("version") == VERSION and meta.get("request")
+                and portable_request(meta["request"]) == portable_request(request))
 
 
 def to_fp16(state_dict: dict) -> dict:
@@ -153,12 +152,12 @@ def verify(scheme: str, request: dict, root: Optional[Path] = None):
         raise ShippedError(f"no shipped weights for {scheme} in {relative(root)}")
     if meta.get("version") != VERSION:
         raise ShippedError(f"{relative(root / scheme / SHIPPED_FILE)} is version {meta.get('version')}, this code reads {VERSION}")
-    if meta.get("request") != portable_request(request):
+    if not meta.get("request") or portable_request(meta["request"]) != portable_request(request):
         raise ShippedError(f"the shipped {scheme} was trained with another configuration than the zoo's today")
     path = root / scheme / meta["weights"]["file"]
     if not path.is_file():
         raise ShippedError(f"{relative(path)} is missing")
-    if _sha256(path) != meta["weights"]["sha256"]:
+    if file_sha256(path) != meta["weights"]["sha256"]:
         raise ShippedError(f"{relative(path)} does not match the sha256 in its shipped.json (altered or truncated)")
     ckpt = load_checkpoint(path)
     cfg = Config.from_dict(ckpt["config"])
@@ -265,7 +264,7 @@ def pack(scheme: str, run: Path, zoo_info: dict, root: Optional[Path] = None, we
         ap32 = evaluate(model, loader, "cpu", progress=False)["final"]["AP"]
         model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in sd16.items()})
         ap16 = evaluate(model, loader, "cpu", progress=False)["final"]["AP"]
-        meta["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(dest / WEIGHTS_FILE), "dtype": "float16",
+        meta["weights"] = {"file": WEIGHTS_FILE, "sha256": file_sha256(dest / WEIGHTS_FILE), "dtype": "float16",
                            "bytes": (dest / WEIGHTS_FILE).stat().st_size,
                            "params": sum(v.numel() for v in sd16.values()),
                            "kept_fp32": sorted(k for k, v in sd16.items() if v.dtype == torch.float32)}

@@ -223,7 +223,7 @@ def _training_notice(supervision: str, cfg: Config) -> str:
     what = (f"training {supervision}: {t.epochs} epoch(s) of {t.max_steps_per_epoch or 'all'} step(s), batch "
             f"{t.batch_size}, an evaluation per epoch")
     meta = shipped.info(supervision)
-    if meta and meta.get("request") == shipped.portable_request(_request(cfg)):
+    if shipped.available(supervision, _request(cfg)):
         return (f"{what}; the shipped run of this recipe took {meta['trained']['wall_time'] / 60:.0f} min on "
                 f"{meta['trained']['machine']} with {meta['trained']['torch_threads']} thread(s) "
                 f"(slower CPUs: up to 3x)")
