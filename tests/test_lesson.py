@@ -270,3 +270,21 @@ def test_export_reads_offline_and_stale_pages_are_found(tmp_path):
     (html_dir / "00_a.html").unlink()
     assert render.stale_pages(html_dir, nb_dir, names=["00_a"])[0]["page_cells"] is None
 
+
+
+def test_committed_pages_show_their_notebooks():
+    """docs/notebooks/*.html were rendered from today's notebooks (`make render` after every change
+    to what a notebook shows): same cells, same text."""
+    from msdetr_lite.lab import render
+    stale = render.stale_pages()
+    assert stale == [], "rendered pages out of date (run `make render`): " + ", ".join(s["name"] for s in stale)
+
+
+def test_committed_pages_carry_no_absolute_path_of_a_checkout():
+    """No page shows where it was rendered: paths into the repository print relative to it."""
+    import re
+    from msdetr_lite.lab import PROJECT_ROOT
+    pattern = re.compile(r"(?<![\w.:/])/(?:[\w.-]+/)+(?:data/shapes|runs/notebooks|msdetr_lite|weights)\b")
+    found = {page.name: sorted(set(pattern.findall(page.read_text(encoding="utf-8"))))
+             for page in sorted((PROJECT_ROOT / "docs" / "notebooks").glob("*.html"))}
+    assert not {k: v for k, v in found.items() if v}, found

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -76,6 +77,16 @@ def _split_name(ann_file: Path) -> str:
 
 
 # --- the dataset ----------------------------------------------------------------------------------
+def _shown(path) -> str:
+    """A path as a repr shows it: relative to the working directory when it is near it (a notebook's
+    printout must not carry the absolute path of the checkout it ran in), else as it is."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:                           # another drive (Windows)
+        return str(path)
+    return rel if rel.count(".." + os.sep) + (rel == "..") <= 2 else str(path)
+
+
 class CocoDetection(Dataset):
     """Images of `img_folder` annotated by the COCO json `ann_file`, checked when built (see the
     module docstring).
@@ -137,7 +148,7 @@ class CocoDetection(Dataset):
 
     def __repr__(self) -> str:
         return (f"CocoDetection({len(self)} images, {self.num_classes} classes, "
-                f"img_folder={str(self.img_folder)!r}, ann_file={str(self.ann_file)!r})")
+                f"img_folder={_shown(self.img_folder)!r}, ann_file={_shown(self.ann_file)!r})")
 
     def _training_targets(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per image, from the cleaned `coco`: XYXY pixel boxes float32 [G, 4], labels int64 [G]
