@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from . import relative
 from .zoo import FAST_ENV, PROJECT_ROOT, fast_mode, mode_name, zoo_root
 
 THUMBNAIL_ENV = "MSDETR_THUMBNAIL_DIR"
@@ -77,10 +78,10 @@ def render(fast: Optional[bool] = None, html_dir: Union[str, Path, None] = None,
             body = export_html(nb, digest=notebook_digest(path))
             out = html_dir / f"{path.stem}.html"
             out.write_text(body, encoding="utf-8")
-            result["html"].append(str(out))
+            result["html"].append(relative(out))       # no checkout path in a committed file
             thumb = image_dir / f"{path.stem}.png"
             if thumb.is_file():
-                result["images"].append(str(thumb))
+                result["images"].append(relative(thumb))
             print(f"render: {path.name} in {result['seconds'][path.stem]:.0f} s -> {out}", flush=True)
     finally:
         for k, v in saved.items():
@@ -89,7 +90,16 @@ def render(fast: Optional[bool] = None, html_dir: Union[str, Path, None] = None,
             else:
                 os.environ[k] = v
     result["total_s"] = round(sum(result["seconds"].values()), 1)
-    (html_dir / "render.json").write_text(json.dumps(result, indent=2) + "\n")
+    record = dict(result)
+    previous = html_dir / "render.json"
+    if names and previous.is_file():              # some notebooks again: the others' entries stay
+        old = json.loads(previous.read_text())
+        if old.get("mode") == record["mode"]:
+            record["seconds"] = {**old.get("seconds", {}), **record["seconds"]}
+            record["html"] = sorted(set(old.get("html", [])) | set(record["html"]))
+            record["images"] = sorted(set(old.get("images", [])) | set(record["images"]))
+            record["total_s"] = round(sum(record["seconds"].values()), 1)
+    previous.write_text(json.dumps(record, indent=2) + "\n")
     return result
 
 
