@@ -18,8 +18,6 @@ default. Writes --json (default docs/results/contention.json) with the machine.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import time
@@ -27,8 +25,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-# (label, threads, OpenMP environment, import msdetr_lite first)
+from step_worker import launch, write_report  # noqa: E402
+
+# (label, threads, OpenMP environment, threads chosen by msdetr_lite.threads instead)
 CONFIGS = [("2 threads, OpenMP default wait", 2, {}, False),
            ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}, False),
            ("2 threads, GOMP_SPINCOUNT=10000", 2, {"GOMP_SPINCOUNT": "10000"}, False),
@@ -38,15 +39,8 @@ CONFIGS = [("2 threads, OpenMP default wait", 2, {}, False),
 
 
 def measure(threads: int, omp_env: dict, library: bool, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MSDETR_THREADS", "GOMP_"))}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(omp_env)
-    cmd = [sys.executable, str(REPO / "bench" / "step_worker.py"), "--steps", str(steps)]
-    cmd += ["--library-policy"] if library else ["--threads", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if res.returncode != 0:
-        raise SystemExit(f"step_worker failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return launch(["--steps", str(steps), *(["--library-policy"] if library else ["--threads", str(threads)])],
+                  omp_env)
 
 
 def busy_neighbour() -> subprocess.Popen:
@@ -55,9 +49,6 @@ def busy_neighbour() -> subprocess.Popen:
 
 
 def main(argv=None) -> int:
-    from msdetr_lite.kernel_bench import describe_machine
-    from msdetr_lite.viz import markdown_table
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians over them")
@@ -98,14 +89,8 @@ def main(argv=None) -> int:
                      "quiet s/step": round(q, 3),
                      "busy s/step": round(b, 3), "busy / quiet": round(b / q, 2),
                      "quiet vs 2-thread default": round(q / base, 2), "busy vs 2-thread default quiet": round(b / base, 2)})
-    print(markdown_table(rows))
-    doc = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-           "repeats": args.repeats, "preset": "tiny", "scheme": "ms", "batch": 4,
-           "neighbour": "one busy-looping Python process", "wall_s": round(time.perf_counter() - t0, 1),
-           "rows": rows, "raw": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args.json, rows, results, t0, steps=args.steps, repeats=args.repeats,
+                 neighbour="one busy-looping Python process")
     return 0
 
 

@@ -24,6 +24,34 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def launch(worker_args, omp_env=None) -> dict:
+    """Run this worker in a fresh process with `worker_args`, from an environment without the
+    caller's OMP_* / GOMP_* / MSDETR_THREADS (plus `omp_env`); returns its JSON line."""
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "MSDETR_THREADS"))}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(omp_env or {})
+    res = subprocess.run([sys.executable, str(Path(__file__).resolve()), *worker_args], capture_output=True,
+                         text=True, env=env, cwd=REPO)
+    if res.returncode != 0:
+        raise SystemExit(f"step_worker {' '.join(worker_args)} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def write_report(path, rows, raw, started: float, **meta) -> None:
+    """Print `rows` as a table and write {machine, date, the tiny ms step at batch 4, **meta,
+    wall_s, rows, raw} to the JSON file `path`."""
+    from msdetr_lite.kernel_bench import describe_machine
+    from msdetr_lite.viz import markdown_table
+    print(markdown_table(rows))
+    doc = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "preset": "tiny", "scheme": "ms",
+           "batch": 4, **meta, "wall_s": round(time.perf_counter() - started, 1), "rows": rows, "raw": raw}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=1)

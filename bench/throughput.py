@@ -16,34 +16,24 @@ a different recipe, listed for its cost only). Writes --json (default docs/resul
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from step_worker import launch, write_report  # noqa: E402
 
 VARIANTS = {"default": [], "channels_last": ["--channels-last"], "frozen_trunk": ["model.train_backbone=false"]}
 
 
 def run(variant: str, threads: int, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "MSDETR_THREADS"))}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, str(REPO / "bench" / "step_worker.py"), "--threads", str(threads), "--steps", str(steps),
-           "--flops", *VARIANTS[variant]]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if res.returncode != 0:
-        raise SystemExit(f"{variant}: step_worker failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return launch(["--threads", str(threads), "--steps", str(steps), "--flops", *VARIANTS[variant]])
 
 
 def main(argv=None) -> int:
-    from msdetr_lite.kernel_bench import describe_machine
-    from msdetr_lite.viz import markdown_table
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--steps", type=int, default=20)
@@ -69,13 +59,8 @@ def main(argv=None) -> int:
             rows.append({"variant": v, "threads": threads, "s/step": round(m["step_s"], 3),
                          "GFLOP/step": round(m["flops"] / 1e9, 1), "GFLOP/s": round(m["gflops_per_s"], 1),
                          "vs default": round(m["step_s"] / base, 2)})
-    print(markdown_table(rows))
-    doc = {"machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-           "repeats": args.repeats, "preset": "tiny", "scheme": "ms", "batch": 4, "openmp": "libgomp defaults (no OMP_* / GOMP_* set)",
-           "wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "raw": raw}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args.json, rows, raw, t0, steps=args.steps, repeats=args.repeats,
+                 openmp="libgomp defaults (no OMP_* / GOMP_* set)")
     return 0
 
 
