@@ -49,7 +49,7 @@ FINGERPRINT_ATOL = 2e-3
 WITH_WEIGHTS = ("ms", "o2o")    # what notebooks 00-04 load as models; hybrid and group: records only
 
 __all__ = ["WEIGHTS_DIR", "WITH_WEIGHTS", "ShippedError", "info", "available", "verify", "install", "pack",
-           "portable_request", "to_fp16", "fingerprint"]
+           "portable_request", "to_fp16", "fingerprint", "save_initialisation"]
 
 
 class ShippedError(ValueError):
@@ -171,6 +171,17 @@ def verify(scheme: str, request: dict, root: Optional[Path] = None):
     return model, cfg
 
 
+def save_initialisation(path: Path, cfg) -> None:
+    """Write `path` (a zoo run's epoch_0.pth): the weights the engine starts `cfg` from, rebuilt
+    in its order (seed, then build; cfg.model.num_classes already the data's), weights only.
+    The zoo's own runs write theirs with it too (zoo.train_run)."""
+    from ..checkpoint import save_checkpoint
+    from ..engine import seed_everything
+    from ..models import build_model
+    seed_everything(cfg.train.seed)
+    save_checkpoint(path, {"model": build_model(cfg.model).state_dict(), "config": cfg.to_dict(), "epoch": 0})
+
+
 def install(scheme: str, request: dict, out: Path, code: str, root: Optional[Path] = None) -> dict:
     """Lay the shipped `scheme` out in `out` as a zoo run: its records, and where weights ship,
     final.pth (fp32) and epoch_0.pth (the initialisation, rebuilt from the seed). Returns the
@@ -178,8 +189,6 @@ def install(scheme: str, request: dict, out: Path, code: str, root: Optional[Pat
     root = WEIGHTS_DIR if root is None else Path(root)
     from ..checkpoint import save_checkpoint
     from ..config import Config
-    from ..engine import seed_everything
-    from ..models import build_model
 
     meta = info(scheme, root)
     if meta is None:
@@ -202,10 +211,7 @@ def install(scheme: str, request: dict, out: Path, code: str, root: Optional[Pat
         cfg.train.output_dir = str(out)
         save_checkpoint(out / "final.pth", {"model": model.state_dict(), "config": cfg.to_dict(),
                                             "epoch": cfg.train.epochs})
-        init_cfg = Config.from_dict(cfg.to_dict())
-        seed_everything(init_cfg.train.seed)     # the engine's construction order: seed, then build
-        save_checkpoint(out / "epoch_0.pth", {"model": build_model(init_cfg.model).state_dict(),
-                                              "config": init_cfg.to_dict(), "epoch": 0})
+        save_initialisation(out / "epoch_0.pth", Config.from_dict(cfg.to_dict()))
         snapshots = {"0": "epoch_0.pth", str(cfg.train.epochs): "final.pth"}
     return {"version": 1, "supervision": scheme, "mode": "full", "overrides": [], "request": request,
             "code": code, "snapshots": snapshots, "wall_time": meta["trained"]["wall_time"],

@@ -1,14 +1,14 @@
 """Several trainings at once, one `msdetr train` subprocess each, with a progress bar per run.
 
-    train_side_by_side({"ms": [...overrides], "o2o": [...]}, totals={"ms": 1200, "o2o": 1200},
-                       log_dir=Path("runs/demo"), threads=1)
+    train_side_by_side({"ms": ["--overwrite", *overrides], "o2o": [...]}, totals={"ms": 1200, "o2o": 1200},
+                       log_dir=Path("runs/demo"), output_dirs={"ms": ..., "o2o": ...}, threads=1)
 
 Why side by side: on a 2-core CPU two one-thread trainings finish sooner than the same two one
 after the other at two threads each (the tiny model's small kernels do not keep two threads
 busy), and a one-thread process does not wait on a descheduled partner thread when something
-else takes a core (msdetr_lite/threads.py; bench/contention.py). Each child inherits the passive
-OpenMP wait; its output goes to `<log_dir>/<name>.log`; the bars read each run's metrics.jsonl
-(the engine appends a record every train.log_every steps), so the children stay quiet.
+else takes a core (msdetr_lite/threads.py; bench/contention.py). Each child's output goes to
+`<log_dir>/<name>.log`; the bars read each run's metrics.jsonl (the engine appends a record every
+train.log_every steps), so the children stay quiet.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 from ..threads import subprocess_env
 from . import PROJECT_ROOT, relative
@@ -43,11 +43,12 @@ def steps_done(metrics: Path) -> int:
 
 def train_side_by_side(runs: Mapping[str, Sequence[str]], totals: Mapping[str, int], log_dir: Path,
                        output_dirs: Mapping[str, Path], preset: str = "tiny", threads: int = 1,
-                       extra_args: Sequence[str] = (), progress: bool = True, poll_s: float = 2.0) -> dict:
-    """Train every run of `runs` ({name: config overrides}) at once and wait for all of them.
+                       progress: bool = True, poll_s: float = 2.0) -> dict:
+    """Train every run of `runs` ({name: `msdetr train` flags and config overrides, e.g.
+    ["--resume", "model.supervision=ms", ...]}) at once and wait for all of them.
 
     totals: optimizer steps per run (for the bars); output_dirs: each run's train.output_dir
-    (where its metrics.jsonl appears); extra_args: more `msdetr train` flags (e.g. --overwrite).
+    (where its metrics.jsonl appears).
     Returns {name: wall seconds}. A failed run raises RuntimeError with the end of its log once
     the others have finished; Ctrl-C stops them all."""
     from tqdm.auto import tqdm
@@ -56,9 +57,8 @@ def train_side_by_side(runs: Mapping[str, Sequence[str]], totals: Mapping[str, i
     env = subprocess_env(threads)
     procs, logs, bars, started, walls = {}, {}, {}, {}, {}
     try:
-        for i, (name, overrides) in enumerate(runs.items()):
-            cmd = [sys.executable, "-m", "msdetr_lite", "train", "--preset", preset, "--no-progress",
-                   *extra_args, *overrides]
+        for i, (name, args) in enumerate(runs.items()):
+            cmd = [sys.executable, "-m", "msdetr_lite", "train", "--preset", preset, "--no-progress", *args]
             logs[name] = log_dir / f"{name}.log"
             with open(logs[name], "w") as f:
                 f.write(" ".join(cmd[1:]) + "\n")

@@ -87,8 +87,8 @@ def fast_mode(fast: Optional[bool] = None) -> bool:
 
 def default_threads() -> int:
     """CPU threads for torch in notebooks and zoo training (msdetr_lite.threads.choose):
-    $MSDETR_THREADS, else half the cores (at most 8), so that a busy neighbour (the browser, a
-    notebook kernel) never shares a core with a training thread."""
+    $MSDETR_THREADS or $OMP_NUM_THREADS, else half the cores (at most 8), so that a busy
+    neighbour (the browser, a notebook kernel) never shares a core with a training thread."""
     return choose()
 
 
@@ -404,9 +404,8 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
 
     from ..checkpoint import save_checkpoint
     from ..data import build_dataset
-    from ..engine import seed_everything, train
+    from ..engine import train
     from ..kernel_bench import describe_machine
-    from ..models import build_model
 
     torch.set_num_threads(default_threads())
     fast = mode == "fast"
@@ -423,9 +422,7 @@ def train_run(supervision: str, mode: str = "fast", overrides: Sequence[str] = (
     # epoch 0: the initialisation the engine starts from (same seed, same construction order)
     init_cfg = Config.from_dict(cfg.to_dict())
     init_cfg.model.num_classes = build_dataset(init_cfg.data, "train", transforms=None).num_classes
-    seed_everything(init_cfg.train.seed)
-    save_checkpoint(out / "epoch_0.pth", {"model": build_model(init_cfg.model).state_dict(),
-                                          "config": init_cfg.to_dict(), "epoch": 0})
+    shipped.save_initialisation(out / "epoch_0.pth", init_cfg)
     snapshots = {"0": "epoch_0.pth"}
 
     def snapshot(epoch: int, summary: dict) -> None:
@@ -457,8 +454,7 @@ def build(schemes: Sequence[str] = BUILD_SCHEMES, fast: Optional[bool] = None, n
     dirs = []
     for s in schemes:
         t0 = time.perf_counter()
-        get_checkpoint(s, fast, use_shipped=not train) if train or s in shipped.WITH_WEIGHTS else \
-            ensure_run(s, fast)
+        ensure_run(s, fast, use_shipped=not train, need_weights=train or s in shipped.WITH_WEIGHTS)
         nms_evaluation(s, fast, nms_iou)
         dirs.append(run_dir(s, fast))
         print(f"zoo build: {s} ({mode_name(fast)}) ready in {time.perf_counter() - t0:.0f} s -> {relative(dirs[-1])}", flush=True)
